@@ -1,0 +1,1 @@
+"""Fused Triton code generation: schedule, kernel templates, pointwise emitter (SPEC 3)."""

@@ -1,0 +1,332 @@
+"""The op registry: every primitive of the genome language, in one place.
+
+Each entry holds the op's arity, shape rule, traits, torch reference implementation and an
+independent NumPy float64 oracle. The parser, verifier, reference executor, rewrite rules,
+mutations, `genomec ops` and the tests all read this table; adding an op touches only it.
+
+Shapes are symbolic 2-tuples over "N" (tokens) and "d" (head dim). Tensors carry any
+number of leading batch axes; the ops act on the last two.
+
+Notation in the definitions: `d` is the head dim, whatever the operand's shape.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+Shape = tuple[str, str]
+
+TOKENS, HEAD = "N", "d"
+INPUT_NAMES = ("q", "k", "v")
+INPUT_SHAPE: Shape = (TOKENS, HEAD)
+OUTPUT_SHAPE: Shape = (TOKENS, HEAD)
+
+COS_EPS = 1e-6  # norms are clamped below at this
+EUC_EPS = 1e-12  # squared distances are clamped below at this
+SQRT_EPS, SQRT_SHIFT = 1e-6, 1e-3  # sqrt(x) := sign(x) * (sqrt(|x| + 1e-6) - 1e-3)
+
+
+class ShapeError(ValueError):
+    """An op was applied to operands of shapes it does not accept."""
+
+
+def format_shape(shape: Shape) -> str:
+    return "[" + ",".join(shape) + "]"
+
+
+# -- shape rules ---------------------------------------------------------------------
+
+
+def _same_shape(x: Shape) -> Shape:
+    return x
+
+
+def _transpose_shape(x: Shape) -> Shape:
+    return (x[1], x[0])
+
+
+def _identical_shapes(name: str):
+    def rule(x: Shape, y: Shape) -> Shape:
+        if x != y:
+            raise ShapeError(f"{name} needs identical shapes, got {format_shape(x)} and {format_shape(y)}")
+        return x
+
+    return rule
+
+
+def _matmul_shape(x: Shape, y: Shape) -> Shape:
+    if x[1] != y[0]:
+        raise ShapeError(f"matmul needs [a,b] @ [b,c], got {format_shape(x)} @ {format_shape(y)}")
+    return (x[0], y[1])
+
+
+def _rowwise_shape(name: str):
+    def rule(x: Shape, y: Shape) -> Shape:
+        if x[1] != y[1]:
+            raise ShapeError(
+                f"{name} needs rows of equal length, x:[a,b] and y:[c,b], got {format_shape(x)} and {format_shape(y)}"
+            )
+        return (x[0], y[0])
+
+    return rule
+
+
+# Which symbolic axis an op reduces over, given its operand shapes (None: pointwise).
+def _last_axis_of_first(*shapes: Shape) -> str:
+    return shapes[0][1]
+
+
+# -- masked reductions -----------------------------------------------------------------
+#
+# `mask` (bool, True = keep) is given only when the reduced axis is the token axis. It is
+# broadcastable to [..., R, N] where R is the output's row axis: row-independent for a
+# padding mask, row-dependent for a causal prefix. Masked entries take no part in the
+# reduction, exactly as if those tokens had been deleted.
+
+
+def _softmax(x, *, head_dim, mask):
+    if mask is None:
+        return torch.softmax(x, dim=-1)
+    x = x.masked_fill(~mask, float("-inf"))
+    row_max = x.amax(dim=-1, keepdim=True)
+    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
+    e = torch.exp(x - row_max)
+    denom = e.sum(dim=-1, keepdim=True)
+    return e / torch.where(denom > 0, denom, torch.ones_like(denom))
+
+
+def _column_mask(mask):
+    # The contracted token axis of the right operand is kept where any output row keeps it
+    # (for a causal prefix the last row keeps every real token).
+    return mask.any(dim=-2, keepdim=True).transpose(-1, -2)
+
+
+def _matmul(x, y, *, head_dim, mask):
+    if mask is not None:
+        x = x.masked_fill(~mask, 0.0)
+        y = y.masked_fill(~_column_mask(mask), 0.0)
+    return x @ y
+
+
+def _cos(x, y, *, head_dim, mask):
+    if mask is not None:
+        x = x.masked_fill(~mask, 0.0)
+        y = y.masked_fill(~mask, 0.0)
+    xn = x / x.norm(dim=-1, keepdim=True).clamp_min(COS_EPS)
+    yn = y / y.norm(dim=-1, keepdim=True).clamp_min(COS_EPS)
+    return xn @ yn.transpose(-1, -2)
+
+
+def _euc(x, y, *, head_dim, mask):
+    if mask is not None:
+        x = x.masked_fill(~mask, 0.0)
+        y = y.masked_fill(~mask, 0.0)
+    # Direct differences (not |x|^2 + |y|^2 - 2xy), so near-equal rows lose no precision;
+    # sqrt(max(s, 1e-12)) == max(sqrt(s), 1e-6).
+    shape = torch.broadcast_shapes(x.shape[:-2], y.shape[:-2])
+    x = x.expand(*shape, *x.shape[-2:])
+    y = y.expand(*shape, *y.shape[-2:])
+    dist = torch.cdist(x.contiguous(), y.contiguous(), p=2.0, compute_mode="donot_use_mm_for_euclid_dist")
+    return dist.clamp_min(math.sqrt(EUC_EPS))
+
+
+def _sqrt(x, **_):
+    return torch.sign(x) * (torch.sqrt(x.abs() + SQRT_EPS) - SQRT_SHIFT)
+
+
+# -- NumPy float64 oracles (independent of the torch code above) --------------------------
+
+
+def _np_softmax(x, head_dim):
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _np_cos(x, y, head_dim):
+    out = np.einsum("...ab,...cb->...ac", x, y)
+    nx = np.maximum(np.sqrt((x * x).sum(-1)), COS_EPS)[..., :, None]
+    ny = np.maximum(np.sqrt((y * y).sum(-1)), COS_EPS)[..., None, :]
+    return out / (nx * ny)
+
+
+def _np_euc(x, y, head_dim):
+    diff = x[..., :, None, :] - y[..., None, :, :]
+    return np.sqrt(np.maximum((diff * diff).sum(-1), EUC_EPS))
+
+
+# -- the registry -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Op:
+    name: str
+    arity: int
+    definition: str  # the exact semantics, as `genomec ops` prints them
+    shape_rule: Callable[..., Shape]
+    reference: Callable[..., torch.Tensor]  # torch: (*xs, head_dim, mask) -> tensor
+    oracle: Callable[..., np.ndarray]  # NumPy float64: (*xs, head_dim) -> array
+    elementwise: bool = False
+    commutative: bool = False
+    linear: bool = False  # linear in each operand (sign and scale move through it)
+    odd: bool = False  # unary with f(-x) == -f(x)
+    reduced_axis: Callable[..., str | None] = field(default=lambda *shapes: None)
+    # Operands whose rows are the output's rows (out[i] needs row i of these and all of the
+    # others). None: every operand (the elementwise case).
+    rows_from: tuple[int, ...] | None = None
+    # The reference accepts a token mask that differs per output row (a causal prefix).
+    row_mask_ok: bool = False
+    paper_group: bool = False  # in the first op group of AutoBERT-Zero
+    mutation_weight: float = 1.0
+
+    def shape(self, *shapes: Shape) -> Shape:
+        if len(shapes) != self.arity:
+            raise ShapeError(f"{self.name} takes {self.arity} operand(s), got {len(shapes)}")
+        return self.shape_rule(*shapes)
+
+    def keeps_rows(self, position: int) -> bool:
+        """True when out[i] depends on operand `position` only through its row i."""
+        return position in self.rows_from if self.rows_from is not None else True
+
+    def reduces_tokens(self, *shapes: Shape) -> bool:
+        """True when this op reduces over the token axis (masks and causality apply)."""
+        return self.reduced_axis(*shapes) == TOKENS
+
+
+def _unary(name, definition, torch_fn, np_fn, **traits) -> Op:
+    return Op(
+        name=name,
+        arity=1,
+        definition=definition,
+        shape_rule=_same_shape,
+        reference=lambda x, *, head_dim, mask: torch_fn(x),
+        oracle=lambda x, head_dim: np_fn(x),
+        elementwise=True,
+        **traits,
+    )
+
+
+def _binary(name, definition, torch_fn, np_fn, **traits) -> Op:
+    return Op(
+        name=name,
+        arity=2,
+        definition=definition,
+        shape_rule=_identical_shapes(name),
+        reference=lambda x, y, *, head_dim, mask: torch_fn(x, y),
+        oracle=lambda x, y, head_dim: np_fn(x, y),
+        elementwise=True,
+        **traits,
+    )
+
+
+_OPS = [
+    _unary("neg", "-x", torch.neg, np.negative, linear=True, odd=True, paper_group=True),
+    Op(
+        name="transpose",
+        arity=1,
+        definition="x^T",
+        shape_rule=_transpose_shape,
+        reference=lambda x, *, head_dim, mask: x.transpose(-1, -2),
+        oracle=lambda x, head_dim: np.swapaxes(x, -1, -2),
+        rows_from=(),
+        linear=True,
+        paper_group=True,
+    ),
+    Op(
+        name="scale",
+        arity=1,
+        definition="x * d**-0.5 (d: the head dim, whatever the shape of x)",
+        shape_rule=_same_shape,
+        reference=lambda x, *, head_dim, mask: x * head_dim**-0.5,
+        oracle=lambda x, head_dim: x * head_dim**-0.5,
+        elementwise=True,
+        linear=True,
+        odd=True,
+        paper_group=True,
+    ),
+    Op(
+        name="softmax",
+        arity=1,
+        definition="softmax over the last axis (numerically stable)",
+        shape_rule=_same_shape,
+        reference=_softmax,
+        oracle=_np_softmax,
+        reduced_axis=_last_axis_of_first,
+        row_mask_ok=True,
+        paper_group=True,
+    ),
+    _unary(
+        "logsigmoid",
+        "log(sigmoid(x)) = -softplus(-x)",
+        torch.nn.functional.logsigmoid,
+        lambda x: -np.logaddexp(0.0, -x),
+        paper_group=True,
+    ),
+    _unary("softsign", "x / (1 + abs(x))", lambda x: x / (1 + x.abs()), lambda x: x / (1 + np.abs(x)), odd=True, paper_group=True),
+    Op(
+        name="sqrt",
+        arity=1,
+        definition="sign(x) * (sqrt(abs(x) + 1e-6) - 1e-3)  (odd, defined everywhere, finite gradient)",
+        shape_rule=_same_shape,
+        reference=lambda x, *, head_dim, mask: _sqrt(x),
+        oracle=lambda x, head_dim: np.sign(x) * (np.sqrt(np.abs(x) + SQRT_EPS) - SQRT_SHIFT),
+        elementwise=True,
+        odd=True,
+        paper_group=True,
+    ),
+    _unary("sigmoid", "1 / (1 + exp(-x))", torch.sigmoid, lambda x: 0.5 * (1 + np.tanh(0.5 * x))),
+    _unary("tanh", "tanh(x)", torch.tanh, np.tanh, odd=True),
+    _unary("relu", "max(x, 0)", torch.relu, lambda x: np.maximum(x, 0.0)),
+    _unary("abs", "abs(x)", torch.abs, np.abs),
+    _binary("add", "x + y (same shape)", torch.add, np.add, commutative=True, linear=True, paper_group=True),
+    _binary("sub", "x - y (same shape)", torch.sub, np.subtract, linear=True),
+    _binary("mul", "x * y elementwise (same shape)", torch.mul, np.multiply, commutative=True),
+    _binary("max", "elementwise maximum (same shape)", torch.maximum, np.maximum, commutative=True),
+    Op(
+        name="matmul",
+        arity=2,
+        definition="x @ y, [a,b] @ [b,c] -> [a,c]",
+        shape_rule=_matmul_shape,
+        reference=_matmul,
+        oracle=lambda x, y, head_dim: x @ y,
+        linear=True,
+        reduced_axis=_last_axis_of_first,
+        rows_from=(0,),
+        row_mask_ok=True,
+        paper_group=True,
+    ),
+    Op(
+        name="cos",
+        arity=2,
+        definition="pairwise cosine of rows: x:[a,b], y:[c,b] -> [a,c], "
+        "out[i,j] = <x_i,y_j> / (max(|x_i|,1e-6) * max(|y_j|,1e-6))",
+        shape_rule=_rowwise_shape("cos"),
+        reference=_cos,
+        oracle=_np_cos,
+        reduced_axis=_last_axis_of_first,
+        rows_from=(0,),
+        paper_group=True,
+    ),
+    Op(
+        name="euc",
+        arity=2,
+        definition="pairwise Euclidean distance of rows: x:[a,b], y:[c,b] -> [a,c], "
+        "out[i,j] = sqrt(max(sum_b (x_ib - y_jb)^2, 1e-12))",
+        shape_rule=_rowwise_shape("euc"),
+        reference=_euc,
+        oracle=_np_euc,
+        reduced_axis=_last_axis_of_first,
+        rows_from=(0,),
+        paper_group=True,
+    ),
+]
+
+OPS: dict[str, Op] = {op.name: op for op in _OPS}
+
+
+def get_op(name: str) -> Op:
+    return OPS[name]

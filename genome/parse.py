@@ -1,0 +1,473 @@
+"""Genome files -> validated genome records, with one clear message per problem.
+
+Both attention-graph forms (graph with `nodes`, and `expr`) and model genomes are read
+here (SPEC 2). Validation collects every problem it can find before raising, each naming
+the node or key at fault, so a user fixes a file in one round.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from pathlib import Path
+
+from .ops import INPUT_NAMES, INPUT_SHAPE, OPS, OUTPUT_SHAPE, ShapeError, format_shape
+from .schema import (
+    CONV_VARIANTS,
+    DEFAULT_CONFIG,
+    AttentionGenome,
+    AttentionLayer,
+    ConvLayer,
+    Genome,
+    GenomeError,
+    ModelGenome,
+    NodeSpec,
+)
+
+MAX_NODES = 64
+
+GRAPH_KEYS = {"inputs", "nodes", "output", "expr", "causal", "name", "notes"}
+MODEL_KEYS = {"name", "notes", "config", "layers"}
+NODE_KEYS = {"id", "op", "args"}
+
+
+# -- reading files -------------------------------------------------------------------
+
+
+def _reject_duplicate_keys(pairs):
+    seen = {}
+    for key, value in pairs:
+        if key in seen:
+            raise GenomeError(f"duplicate key '{key}' in one JSON object")
+        seen[key] = value
+    return seen
+
+
+def loads_genome(text: str, source: str | None = None, max_nodes: int = MAX_NODES) -> Genome:
+    """Parse genome JSON text. Raises GenomeError (with `source` in every line)."""
+    try:
+        obj = json.loads(text, object_pairs_hook=_reject_duplicate_keys)
+    except json.JSONDecodeError as e:
+        raise GenomeError(f"malformed JSON at line {e.lineno} column {e.colno}: {e.msg}", source) from None
+    except GenomeError as e:
+        raise GenomeError(e.problems, source) from None
+    try:
+        return parse_genome(obj, max_nodes=max_nodes)
+    except GenomeError as e:
+        raise GenomeError(e.problems, source) from None
+
+
+def load_genome(path: str | Path, max_nodes: int = MAX_NODES) -> Genome:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise GenomeError("no such file", str(path)) from None
+    except IsADirectoryError:
+        raise GenomeError("is a directory, not a genome file", str(path)) from None
+    except UnicodeDecodeError:
+        raise GenomeError("not a UTF-8 text file", str(path)) from None
+    return loads_genome(text, source=str(path), max_nodes=max_nodes)
+
+
+def parse_genome(obj, max_nodes: int = MAX_NODES) -> Genome:
+    """A decoded JSON value -> AttentionGenome or ModelGenome (chosen by a "layers" key)."""
+    if not isinstance(obj, dict):
+        raise GenomeError(f"a genome is a JSON object, got {_json_type(obj)}")
+    if "layers" in obj:
+        return parse_model(obj, max_nodes=max_nodes)
+    return parse_attention(obj, max_nodes=max_nodes)
+
+
+def _json_type(value) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number"
+    )
+
+
+# -- expression form -------------------------------------------------------------------
+
+_TOKEN = re.compile(r"\s*(?:(?P<name>[A-Za-z_][A-Za-z0-9_]*)|(?P<punct>[(),]))")
+
+
+def _tokenize(text: str) -> list[tuple[str, int]]:
+    """(token, column) pairs, columns counted from 1."""
+    tokens, pos = [], 0
+    while pos < len(text):
+        if text[pos:].strip() == "":
+            break
+        m = _TOKEN.match(text, pos)
+        if m is None:
+            col = pos + 1 + (len(text[pos:]) - len(text[pos:].lstrip()))
+            raise GenomeError(f"expr column {col}: unexpected character {text[col - 1]!r}")
+        kind = "name" if m.group("name") else "punct"
+        tokens.append((m.group(kind), m.start(kind) + 1))
+        pos = m.end()
+    return tokens
+
+
+def parse_expr(text: str) -> tuple[list[NodeSpec], str]:
+    """An expression -> (nodes in post-order, output id). Every call gets its own node;
+    repeated sub-expressions become shared nodes in the IR's CSE pass."""
+    if not isinstance(text, str):
+        raise GenomeError(f"'expr' must be a string, got {_json_type(text)}")
+    tokens = _tokenize(text)
+    if not tokens:
+        raise GenomeError("'expr' is empty")
+    nodes: list[NodeSpec] = []
+    pos = 0
+
+    def peek():
+        return tokens[pos] if pos < len(tokens) else ("end of expression", len(text) + 1)
+
+    def expect(token):
+        nonlocal pos
+        got, col = peek()
+        if got != token:
+            raise GenomeError(f"expr column {col}: expected '{token}', got '{got}'")
+        pos += 1
+
+    def parse() -> str:
+        nonlocal pos
+        name, col = peek()
+        if not re.fullmatch(r"[A-Za-z_]\w*", name):
+            raise GenomeError(f"expr column {col}: expected an input or an op, got '{name}'")
+        pos += 1
+        if peek()[0] != "(":
+            if name not in INPUT_NAMES:
+                hint = f"; did you mean the op '{name}(...)'?" if name in OPS else ""
+                raise GenomeError(f"expr column {col}: unknown name '{name}' (inputs are q, k, v){hint}")
+            return name
+        expect("(")
+        args = [parse()]
+        while peek()[0] == ",":
+            pos += 1
+            args.append(parse())
+        end_col = peek()[1]
+        expect(")")
+        snippet = text[col - 1 : end_col]
+        if len(snippet) > 48:
+            snippet = snippet[:45] + "..."
+        node_id = f"e{len(nodes) + 1}"
+        nodes.append(NodeSpec(node_id, name, tuple(args), f"expr column {col} '{snippet}'"))
+        return node_id
+
+    output = parse()
+    if pos != len(tokens):
+        got, col = tokens[pos]
+        raise GenomeError(f"expr column {col}: unexpected '{got}' after the end of the expression")
+    return nodes, output
+
+
+# -- attention graphs ------------------------------------------------------------------
+
+
+def _closest(name: str, choices) -> str:
+    match = difflib.get_close_matches(name, list(choices), n=1)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def _read_graph_nodes(raw, problems: list[str]) -> list[NodeSpec]:
+    if not isinstance(raw, list):
+        problems.append(f"'nodes' must be an array of node objects, got {_json_type(raw)}")
+        return []
+    nodes = []
+    for index, item in enumerate(raw):
+        label = f"nodes[{index}]"
+        if not isinstance(item, dict):
+            problems.append(f"{label}: a node is an object with id, op and args, got {_json_type(item)}")
+            continue
+        node_id = item.get("id")
+        if isinstance(node_id, str) and node_id:
+            label = f"node '{node_id}'"
+        else:
+            problems.append(f"{label}: 'id' must be a non-empty string")
+            continue
+        for key in sorted(set(item) - NODE_KEYS):
+            problems.append(f"{label}: unknown key '{key}' (a node has id, op, args)")
+        op, args = item.get("op"), item.get("args")
+        if not isinstance(op, str):
+            problems.append(f"{label}: 'op' must be a string")
+            continue
+        if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+            problems.append(f"{label}: 'args' must be an array of node ids or inputs")
+            continue
+        nodes.append(NodeSpec(node_id, op, tuple(args), label))
+    return nodes
+
+
+def _topological(nodes: list[NodeSpec], problems: list[str]) -> list[NodeSpec] | None:
+    """Nodes ordered so that operands come first (file order kept where free), or None
+    with a problem naming the cycle."""
+    by_id = {n.id: n for n in nodes}
+    state: dict[str, int] = {}  # 1: on the stack, 2: done
+    order: list[NodeSpec] = []
+    for root in nodes:
+        if state.get(root.id):
+            continue
+        stack = [(root.id, iter(root.args))]
+        state[root.id] = 1
+        while stack:
+            node_id, pending = stack[-1]
+            for arg in pending:
+                if arg not in by_id:
+                    continue
+                if state.get(arg) == 1:
+                    path = [n for n, _ in stack]
+                    cycle = path[path.index(arg) :] + [arg]
+                    problems.append(f"node '{arg}': cycle {' -> '.join(cycle)}")
+                    return None
+                if not state.get(arg):
+                    state[arg] = 1
+                    stack.append((arg, iter(by_id[arg].args)))
+                    break
+            else:
+                stack.pop()
+                state[node_id] = 2
+                order.append(by_id[node_id])
+    return order
+
+
+def parse_attention(obj, max_nodes: int = MAX_NODES) -> AttentionGenome:
+    if not isinstance(obj, dict):
+        raise GenomeError(f"an attention graph is a JSON object, got {_json_type(obj)}")
+    problems: list[str] = []
+    for key in sorted(set(obj) - GRAPH_KEYS):
+        problems.append(f"unknown key '{key}'{_closest(key, GRAPH_KEYS)}")
+    causal = obj.get("causal", False)
+    if not isinstance(causal, bool):
+        problems.append(f"'causal' must be true or false, got {_json_type(causal)}")
+    for key in ("name", "notes"):
+        if key in obj and not isinstance(obj[key], str):
+            problems.append(f"'{key}' must be a string")
+
+    declared = obj.get("inputs")
+    if declared is not None:
+        if not isinstance(declared, list) or not all(isinstance(i, str) for i in declared):
+            problems.append("'inputs' must be an array of input names (q, k, v)")
+            declared = None
+        else:
+            for name in declared:
+                if name not in INPUT_NAMES:
+                    problems.append(f"'inputs': unknown input '{name}' (inputs are q, k, v)")
+            if len(set(declared)) != len(declared):
+                problems.append("'inputs': an input is listed twice")
+
+    # -- the two forms --
+    nodes: list[NodeSpec] = []
+    output = None
+    if ("nodes" in obj) == ("expr" in obj):
+        problems.append("a graph has exactly one of 'nodes' (with 'output') or 'expr'")
+    elif "expr" in obj:
+        if "output" in obj:
+            problems.append("'output' belongs to the 'nodes' form; an 'expr' is its own output")
+        try:
+            nodes, output = parse_expr(obj["expr"])
+        except GenomeError as e:
+            problems.extend(e.problems)
+    else:
+        nodes = _read_graph_nodes(obj["nodes"], problems)
+        output = obj.get("output")
+        if not isinstance(output, str):
+            problems.append("'output' must name the node (or input) that is the graph's result")
+            output = None
+
+    # -- names, ops, arity --
+    seen: set[str] = set()
+    for n in nodes:
+        if n.id in INPUT_NAMES:
+            problems.append(f"{n.where}: id '{n.id}' shadows the input of that name")
+        elif n.id in seen:
+            problems.append(f"{n.where}: duplicate id '{n.id}'")
+        seen.add(n.id)
+        if n.op not in OPS:
+            problems.append(f"{n.where}: unknown op '{n.op}'{_closest(n.op, OPS)}")
+        elif len(n.args) != OPS[n.op].arity:
+            problems.append(f"{n.where}: {n.op} takes {OPS[n.op].arity} operand(s), got {len(n.args)}")
+    allowed_inputs = set(declared) if declared is not None else set(INPUT_NAMES)
+    for n in nodes:
+        for arg in n.args:
+            if arg in INPUT_NAMES:
+                if arg not in allowed_inputs:
+                    problems.append(f"{n.where}: uses input '{arg}', which 'inputs' does not list")
+            elif arg not in seen:
+                problems.append(f"{n.where}: argument '{arg}' is not a node id or input{_closest(arg, seen)}")
+    if output is not None and output not in seen and output not in INPUT_NAMES:
+        problems.append(f"'output': '{output}' is not a node id or input{_closest(output, seen)}")
+    elif output in INPUT_NAMES and output not in allowed_inputs:
+        problems.append(f"'output': input '{output}' is not listed in 'inputs'")
+
+    distinct = len({_subexpression(n, {m.id: m for m in nodes}) for n in nodes}) if "expr" in obj else len(nodes)
+    if distinct > max_nodes:
+        problems.append(f"the graph has {distinct} nodes, over the limit of {max_nodes}")
+    if problems:
+        raise GenomeError(problems)
+
+    ordered = _topological(nodes, problems)
+    if ordered is None:
+        raise GenomeError(problems)
+
+    # -- shapes --
+    shapes = {name: INPUT_SHAPE for name in INPUT_NAMES}
+    for n in ordered:
+        if any(a not in shapes for a in n.args):
+            continue  # an operand already failed; its own problem is reported
+        try:
+            shapes[n.id] = OPS[n.op].shape(*(shapes[a] for a in n.args))
+        except ShapeError as e:
+            problems.append(f"{n.where}: {e}")
+    if output in shapes and shapes[output] != OUTPUT_SHAPE:
+        where = next((n.where for n in nodes if n.id == output), f"input '{output}'")
+        problems.append(
+            f"{where}: the output must have shape {format_shape(OUTPUT_SHAPE)}, got {format_shape(shapes[output])}"
+        )
+    if problems:
+        raise GenomeError(problems)
+
+    if declared is None:
+        referenced = {a for n in nodes for a in n.args} | {output}
+        declared = [name for name in INPUT_NAMES if name in referenced]
+    return AttentionGenome(
+        nodes=tuple(ordered),
+        output=output,
+        inputs=tuple(declared),
+        causal=causal,
+        name=obj.get("name"),
+        notes=obj.get("notes"),
+    )
+
+
+def _subexpression(node: NodeSpec, by_id: dict[str, NodeSpec]) -> str:
+    args = ",".join(_subexpression(by_id[a], by_id) if a in by_id else a for a in node.args)
+    return f"{node.op}({args})"
+
+
+# -- model genomes ---------------------------------------------------------------------
+
+
+def _check_config(config, problems: list[str]) -> dict:
+    merged = dict(DEFAULT_CONFIG)
+    if not isinstance(config, dict):
+        problems.append(f"'config' must be an object, got {_json_type(config)}")
+        return merged
+    for key, value in config.items():
+        if key not in DEFAULT_CONFIG:
+            problems.append(f"config: unknown key '{key}'{_closest(key, DEFAULT_CONFIG)}")
+            continue
+        default = DEFAULT_CONFIG[key]
+        if isinstance(default, int):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                problems.append(f"config: '{key}' must be a positive integer, got {json.dumps(value)}")
+                continue
+        elif key.endswith("dropout_prob"):
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
+                problems.append(f"config: '{key}' must be a number in [0, 1), got {json.dumps(value)}")
+                continue
+        elif not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+            problems.append(f"config: '{key}' must be a positive number, got {json.dumps(value)}")
+            continue
+        merged[key] = value
+    if merged["hidden_size"] % merged["num_heads"]:
+        problems.append(
+            f"config: hidden_size {merged['hidden_size']} is not divisible by num_heads {merged['num_heads']}"
+        )
+    if merged["max_kernel_size"] % 2 == 0:
+        problems.append(f"config: 'max_kernel_size' must be odd, got {merged['max_kernel_size']}")
+    return merged
+
+
+def parse_model(obj, max_nodes: int = MAX_NODES) -> ModelGenome:
+    problems: list[str] = []
+    for key in sorted(set(obj) - MODEL_KEYS):
+        problems.append(f"unknown key '{key}'{_closest(key, MODEL_KEYS)}")
+    for key in ("name", "notes"):
+        if key in obj and not isinstance(obj[key], str):
+            problems.append(f"'{key}' must be a string")
+    config = _check_config(obj.get("config", {}), problems)
+    raw_layers = obj.get("layers")
+    layers = []
+    if not isinstance(raw_layers, list) or not raw_layers:
+        problems.append("'layers' must be a non-empty array of layers")
+        raw_layers = []
+    for index, layer in enumerate(raw_layers):
+        label = f"layers[{index}]"
+        if not isinstance(layer, dict):
+            problems.append(f"{label}: a layer is an object, got {_json_type(layer)}")
+            continue
+        kind = layer.get("type")
+        if kind == "attention":
+            for key in sorted(set(layer) - {"type", "graph"}):
+                problems.append(f"{label}: unknown key '{key}' (an attention layer has type, graph)")
+            if "graph" not in layer:
+                problems.append(f"{label}: an attention layer needs a 'graph'")
+                continue
+            try:
+                layers.append(AttentionLayer(parse_attention(layer["graph"], max_nodes=max_nodes)))
+            except GenomeError as e:
+                problems.extend(f"{label}.graph: {p}" for p in e.problems)
+        elif kind == "conv":
+            for key in sorted(set(layer) - {"type", "kernel_size", "variant"}):
+                problems.append(f"{label}: unknown key '{key}' (a conv layer has type, kernel_size, variant)")
+            size = layer.get("kernel_size")
+            limit = config["max_kernel_size"]
+            if not isinstance(size, int) or isinstance(size, bool) or size % 2 == 0 or not 1 <= size <= limit:
+                problems.append(f"{label}: bad conv kernel size {json.dumps(size)}: must be an odd integer in 1..{limit}")
+                continue
+            variant = layer.get("variant", "light")
+            if variant not in CONV_VARIANTS:
+                problems.append(f"{label}: unknown conv variant {json.dumps(variant)} (known: {', '.join(CONV_VARIANTS)})")
+                continue
+            layers.append(ConvLayer(size, variant))
+        else:
+            problems.append(f"{label}: 'type' must be \"attention\" or \"conv\", got {json.dumps(kind)}")
+    if problems:
+        raise GenomeError(problems)
+    return ModelGenome(layers=tuple(layers), config=config, name=obj.get("name"), notes=obj.get("notes"))
+
+
+# -- writing genomes -------------------------------------------------------------------
+
+
+def attention_to_json(genome: AttentionGenome, form: str = "graph") -> dict:
+    """The file form of an attention genome ("graph" with nodes, or "expr")."""
+    out: dict = {}
+    if genome.name is not None:
+        out["name"] = genome.name
+    out["inputs"] = list(genome.inputs)
+    if form == "expr":
+        out["expr"] = to_expr(genome)
+    else:
+        out["nodes"] = [{"id": n.id, "op": n.op, "args": list(n.args)} for n in genome.nodes]
+        out["output"] = genome.output
+    if genome.causal:
+        out["causal"] = True
+    if genome.notes is not None:
+        out["notes"] = genome.notes
+    return out
+
+
+def genome_to_json(genome: Genome, form: str = "graph") -> dict:
+    if isinstance(genome, AttentionGenome):
+        return attention_to_json(genome, form)
+    out: dict = {}
+    if genome.name is not None:
+        out["name"] = genome.name
+    if genome.notes is not None:
+        out["notes"] = genome.notes
+    out["config"] = {k: v for k, v in genome.config.items() if DEFAULT_CONFIG[k] != v}
+    out["layers"] = [
+        {"type": "attention", "graph": attention_to_json(layer.graph, form)}
+        if isinstance(layer, AttentionLayer)
+        else {"type": "conv", "kernel_size": layer.kernel_size, **({"variant": layer.variant} if layer.variant != "light" else {})}
+        for layer in genome.layers
+    ]
+    return out
+
+
+def to_expr(genome: AttentionGenome) -> str:
+    """The expression form (a tree: shared nodes are written out at each use)."""
+    by_id = {n.id: n for n in genome.nodes}
+    if genome.output in by_id:
+        return _subexpression(by_id[genome.output], by_id)
+    return genome.output

@@ -1,0 +1,5 @@
+import sys
+
+from genomec.cli import main
+
+sys.exit(main())

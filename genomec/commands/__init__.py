@@ -1,0 +1,1 @@
+"""The `genomec` subcommands: one module each, thin wrappers over library functions."""

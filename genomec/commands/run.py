@@ -1,0 +1,35 @@
+"""`genomec run FILE --inputs IN.npz --out OUT.npz [--grad]`: execute an attention graph."""
+
+from __future__ import annotations
+
+import json
+
+from genomec.api import read_run_inputs, run_reference, select_graph, write_npz_atomic
+from genomec.genome import load_genome
+from genomec.ir import lower
+
+# backend name -> fn(compiled, arrays, grad) -> {"out", and with grad "dq", "dk", "dv"}
+BACKENDS = {"reference": run_reference}
+
+
+def register(sub) -> None:
+    p = sub.add_parser("run", help="execute an attention graph on arrays from an .npz file")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--inputs", required=True, metavar="IN.npz", help="q, k, v [B,H,N,d] float32; optional mask [B,N] bool, grad_out")
+    p.add_argument("--out", required=True, metavar="OUT.npz")
+    p.add_argument("--backend", choices=list(BACKENDS), default="reference")
+    p.add_argument("--grad", action="store_true", help="also write dq, dk, dv for grad_out")
+    p.add_argument("--layer", type=int, help="for a model genome: which (attention) layer to run")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    p.set_defaults(handler=handle)
+
+
+def handle(args) -> int:
+    graph = select_graph(load_genome(args.file), args.layer)
+    arrays = read_run_inputs(args.inputs, graph, args.grad)
+    compiled = lower(graph)
+    result = BACKENDS[args.backend](compiled, arrays, args.grad)
+    write_npz_atomic(args.out, **result)
+    summary = {"hash": compiled.hash, "backend": args.backend, "out": args.out, "arrays": {k: list(v.shape) for k, v in result.items()}}
+    print(json.dumps(summary) if args.json else f"wrote {', '.join(result)} to {args.out} ({args.backend} backend)")
+    return 0

@@ -1,0 +1,61 @@
+"""`genomec show FILE [--stage ...] [--dot OUT.png|OUT.dot]`: print or draw a genome's graphs."""
+
+from __future__ import annotations
+
+import json
+
+from genomec.api import distinct_graphs
+from genomec.genome import load_genome
+from genomec.ir import format_ir
+
+# stage name -> how to print one GraphEntry. Later pipeline stages register here.
+STAGES = {
+    "parsed": lambda entry: format_ir(entry.compiled.parsed),
+    "simplified": lambda entry: format_ir(entry.compiled.simplified),
+}
+
+
+def register(sub) -> None:
+    p = sub.add_parser("show", help="print or draw a genome's graph at a pipeline stage")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--stage", choices=list(STAGES), default="simplified")
+    p.add_argument("--dot", metavar="OUT", help="draw to OUT.png (picture) or OUT.dot (Graphviz text)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=handle)
+
+
+def handle(args) -> int:
+    from genomec.cli import UsageError
+
+    genome = load_genome(args.file)
+    entries = distinct_graphs(genome)
+    if args.dot:
+        if not args.dot.endswith((".png", ".dot")):
+            raise UsageError(f"--dot {args.dot}: the file name must end in .png or .dot")
+        if args.stage not in ("parsed", "simplified"):
+            raise UsageError("--dot draws the parsed or simplified graph")
+        draw(entries, args.stage, args.dot)
+    texts = [{"hash": e.compiled.hash, "layers": e.layers, "title": e.title, "text": STAGES[args.stage](e)} for e in entries]
+    if args.json:
+        print(json.dumps({"file": args.file, "stage": args.stage, "graphs": texts, "drawing": args.dot}, indent=2))
+        return 0
+    for item in texts:
+        print(f"# {item['title']}  hash {item['hash']}")
+        print(item["text"])
+    if args.dot:
+        print(f"drew {len(entries)} graph(s) to {args.dot}")
+    return 0
+
+
+def draw(entries, stage: str, path: str) -> None:
+    from genomec.ir.draw import draw_png, to_dot
+
+    graphs = [
+        (f"{e.title} ({e.compiled.hash[:8]})", e.compiled.parsed if stage == "parsed" else e.compiled.simplified)
+        for e in entries
+    ]
+    if path.endswith(".dot"):
+        with open(path, "w") as f:
+            f.write(to_dot(graphs))
+    else:
+        draw_png(graphs, path)

@@ -1,0 +1,1 @@
+"""OP-NAS evolution and BIWS training (SPEC 5). Not built yet."""
