@@ -182,6 +182,10 @@ class Op:
     row_mask_ok: bool = False
     paper_group: bool = False  # in the first op group of AutoBERT-Zero
     mutation_weight: float = 1.0
+    # Triton spelling of an elementwise op, a format string over operand variables
+    # ({0}, {1}) in fp32; the code generator emits it as one straight-line assignment.
+    # None: a structural op (transpose, softmax, matmul, cos, euc) the scheduler lowers.
+    triton: str | None = None
 
     def shape(self, *shapes: Shape) -> Shape:
         if len(shapes) != self.arity:
@@ -224,7 +228,7 @@ def _binary(name, definition, torch_fn, np_fn, **traits) -> Op:
 
 
 _OPS = [
-    _unary("neg", "-x", torch.neg, np.negative, linear=True, odd=True, paper_group=True),
+    _unary("neg", "-x", torch.neg, np.negative, triton="-{0}", linear=True, odd=True, paper_group=True),
     Op(
         name="transpose",
         arity=1,
@@ -243,6 +247,7 @@ _OPS = [
         shape_rule=_same_shape,
         reference=lambda x, *, head_dim, mask: x * head_dim**-0.5,
         oracle=lambda x, head_dim: x * head_dim**-0.5,
+        triton="{0} * HEAD_SCALE",  # HEAD_SCALE: the kernel's constexpr d**-0.5
         elementwise=True,
         linear=True,
         odd=True,
@@ -264,9 +269,11 @@ _OPS = [
         "log(sigmoid(x)) = -softplus(-x)",
         torch.nn.functional.logsigmoid,
         lambda x: -np.logaddexp(0.0, -x),
+        triton="tl.minimum({0}, 0.0) - tl.log(1.0 + tl.exp(-tl.abs({0})))",  # -softplus(-x), stable
         paper_group=True,
     ),
-    _unary("softsign", "x / (1 + abs(x))", lambda x: x / (1 + x.abs()), lambda x: x / (1 + np.abs(x)), odd=True, paper_group=True),
+    _unary("softsign", "x / (1 + abs(x))", lambda x: x / (1 + x.abs()), lambda x: x / (1 + np.abs(x)), odd=True, paper_group=True,
+           triton="{0} / (1.0 + tl.abs({0}))"),
     Op(
         name="sqrt",
         arity=1,
@@ -274,18 +281,19 @@ _OPS = [
         shape_rule=_same_shape,
         reference=lambda x, *, head_dim, mask: _sqrt(x),
         oracle=lambda x, head_dim: np.sign(x) * (np.sqrt(np.abs(x) + SQRT_EPS) - SQRT_SHIFT),
+        triton="tl.where({0} > 0, 1.0, tl.where({0} < 0, -1.0, 0.0)) * (tl.sqrt(tl.abs({0}) + 1e-6) - 1e-3)",
         elementwise=True,
         odd=True,
         paper_group=True,
     ),
-    _unary("sigmoid", "1 / (1 + exp(-x))", torch.sigmoid, lambda x: 0.5 * (1 + np.tanh(0.5 * x))),
-    _unary("tanh", "tanh(x)", torch.tanh, np.tanh, odd=True),
-    _unary("relu", "max(x, 0)", torch.relu, lambda x: np.maximum(x, 0.0)),
-    _unary("abs", "abs(x)", torch.abs, np.abs),
-    _binary("add", "x + y (same shape)", torch.add, np.add, commutative=True, linear=True, paper_group=True),
-    _binary("sub", "x - y (same shape)", torch.sub, np.subtract, linear=True),
-    _binary("mul", "x * y elementwise (same shape)", torch.mul, np.multiply, commutative=True),
-    _binary("max", "elementwise maximum (same shape)", torch.maximum, np.maximum, commutative=True),
+    _unary("sigmoid", "1 / (1 + exp(-x))", torch.sigmoid, lambda x: 0.5 * (1 + np.tanh(0.5 * x)), triton="tl.sigmoid({0})"),
+    _unary("tanh", "tanh(x)", torch.tanh, np.tanh, odd=True, triton="2.0 * tl.sigmoid(2.0 * {0}) - 1.0"),
+    _unary("relu", "max(x, 0)", torch.relu, lambda x: np.maximum(x, 0.0), triton="tl.maximum({0}, 0.0)"),
+    _unary("abs", "abs(x)", torch.abs, np.abs, triton="tl.abs({0})"),
+    _binary("add", "x + y (same shape)", torch.add, np.add, commutative=True, linear=True, paper_group=True, triton="{0} + {1}"),
+    _binary("sub", "x - y (same shape)", torch.sub, np.subtract, linear=True, triton="{0} - {1}"),
+    _binary("mul", "x * y elementwise (same shape)", torch.mul, np.multiply, commutative=True, triton="{0} * {1}"),
+    _binary("max", "elementwise maximum (same shape)", torch.maximum, np.maximum, commutative=True, triton="tl.maximum({0}, {1})"),
     Op(
         name="matmul",
         arity=2,

@@ -144,8 +144,10 @@ def parse_expr(text: str) -> tuple[list[NodeSpec], str]:
         while peek()[0] == ",":
             pos += 1
             args.append(parse())
-        end_col = peek()[1]
-        expect(")")
+        got, end_col = peek()
+        if got != ")":
+            raise GenomeError(f"expr column {end_col}: expected ',' or ')', got '{got}'")
+        pos += 1
         snippet = text[col - 1 : end_col]
         if len(snippet) > 48:
             snippet = snippet[:45] + "..."

@@ -101,7 +101,9 @@ class IRBuilder:
     """Builds an IR node by node, inferring shapes from the op registry.
 
     With `share=True` (the default) adding a node identical to an existing one returns the
-    existing id: common-subexpression elimination by construction."""
+    existing id: common-subexpression elimination by construction. Sharing builders also
+    put the operands of commutative ops in structural order, so add(x, y) and add(y, x)
+    are one node."""
 
     def __init__(self, share: bool = True):
         self.share = share
@@ -133,6 +135,8 @@ class IRBuilder:
         for operand in operands:
             if operand not in self.graph:
                 raise IRError(f"operand {operand!r} of {op} is not in the graph")
+        if self.share and OPS[op].commutative:
+            operands = tuple(sorted(operands, key=lambda o: self.node(o).digest))
         digest = _digest(op, None, (self.node(o).digest for o in operands))
         if self.share and digest in self._by_digest:
             return self._by_digest[digest]

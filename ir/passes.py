@@ -104,7 +104,8 @@ def dce(ir: IR) -> IR:
 
 
 def cse(ir: IR) -> IR:
-    """Common-subexpression elimination: identical nodes become one."""
+    """Common-subexpression elimination: identical nodes (up to the operand order of
+    commutative ops) become one."""
     return rebuild(ir)
 
 
@@ -113,20 +114,11 @@ def simplify(ir: IR, hits: Counter | None = None) -> IR:
 
 
 def canonicalize(ir: IR) -> IR:
-    """Commutative operands in structural order, then nodes renamed t0, t1, ... in the
-    deterministic order: two graphs equal up to naming and operand order print the same."""
-    builder = IRBuilder(share=True)
-    new: dict[str, str] = {}
-    for node_id, node in ir.nodes():
-        if node.op == "input":
-            new[node_id] = builder.input(node.input)
-            continue
-        operands = [new[o] for o in node.operands]
-        if OPS[node.op].commutative:
-            operands.sort(key=lambda o: builder.node(o).digest)
-        new[node_id] = builder.add(node.op, operands)
-    sorted_ir = rebuild(builder.finish(new[ir.output], ir.causal, ir.declared_inputs, ir.name))
-    names = {node_id: f"t{i}" for i, (node_id, node) in enumerate(n for n in sorted_ir.nodes() if n[1].op != "input")}
+    """Commutative operands in structural order (the sharing builder sorts them), then
+    nodes renamed t0, t1, ... in the deterministic order: two graphs equal up to naming and
+    operand order print the same."""
+    sorted_ir = rebuild(ir)
+    names = {node_id: f"t{i}" for i, node_id in enumerate(n for n, node in sorted_ir.nodes() if node.op != "input")}
     return rebuild(sorted_ir, rename=lambda node_id, node: names[node_id])
 
 
