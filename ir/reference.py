@@ -18,6 +18,7 @@ Masks (SPEC 2.4), vectorised:
 
 from __future__ import annotations
 
+import networkx as nx
 import torch
 
 from genomec.genome.ops import OPS
@@ -88,9 +89,10 @@ def _evaluate(ir: IR, values: dict, head_dim: int, pad_mask=None, row_mask=None)
     """Run the graph. `pad_mask` [B,1,1,N] applies to every token reduction; `row_mask`
     [B,1,N,N], when given, replaces it in reductions of prefix-dependent values."""
     varies = _depends_on_token_reduction(ir) if row_mask is not None else {}
+    live = nx.ancestors(ir.graph, ir.output) | {ir.output}
     for node_id, node in ir.nodes():
-        if node.op == INPUT_OP:
-            continue
+        if node.op == INPUT_OP or node_id not in live:
+            continue  # inputs are given; dead nodes are not computed
         op = OPS[node.op]
         operands = [values[o] for o in node.operands]
         mask = None

@@ -6,7 +6,10 @@ from hypothesis import HealthCheck, settings
 
 ROOT = Path(__file__).resolve().parents[1]
 GENOMES = ROOT / "genomes"
+# The reference genomes beside the checkout; the zoo holds copies for a checkout without it.
 SHARED_GENOMES = ROOT.parent / "shared" / "genomes"
+if not SHARED_GENOMES.is_dir():
+    SHARED_GENOMES = GENOMES
 
 # CI runs derandomised (the same examples every run); locally hypothesis explores.
 settings.register_profile("ci", derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -20,7 +20,8 @@ def run_cli(*args):
 
 
 def test_check_accepts_the_shared_genomes():
-    result = run_cli("check", *sorted(SHARED_GENOMES.glob("*.json")))
+    shared = [SHARED_GENOMES / name for name in ("autobert-zero.json", "bert-base.json", "standard-attention.json")]
+    result = run_cli("check", *shared)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count(": ok (") == 3
     assert "hash " in result.stdout and "softmax" in result.stdout
