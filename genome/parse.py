@@ -26,6 +26,8 @@ from .schema import (
 )
 
 MAX_NODES = 64
+MAX_EXPR_DEPTH = 256  # deeper nesting is over any node limit; stop before Python's stack does
+MAX_EXPR_NODES = 100_000  # to_expr refuses to write out a shared DAG as a tree larger than this
 
 GRAPH_KEYS = {"inputs", "nodes", "output", "expr", "causal", "name", "notes"}
 MODEL_KEYS = {"name", "notes", "config", "layers"}
@@ -50,6 +52,8 @@ def loads_genome(text: str, source: str | None = None, max_nodes: int = MAX_NODE
         obj = json.loads(text, object_pairs_hook=_reject_duplicate_keys)
     except json.JSONDecodeError as e:
         raise GenomeError(f"malformed JSON at line {e.lineno} column {e.colno}: {e.msg}", source) from None
+    except RecursionError:
+        raise GenomeError("malformed JSON: nested too deeply", source) from None
     except GenomeError as e:
         raise GenomeError(e.problems, source) from None
     try:
@@ -128,9 +132,11 @@ def parse_expr(text: str) -> tuple[list[NodeSpec], str]:
             raise GenomeError(f"expr column {col}: expected '{token}', got '{got}'")
         pos += 1
 
-    def parse() -> str:
+    def parse(depth: int = 0) -> str:
         nonlocal pos
         name, col = peek()
+        if depth > MAX_EXPR_DEPTH:
+            raise GenomeError(f"expr column {col}: nested deeper than {MAX_EXPR_DEPTH} levels")
         if not re.fullmatch(r"[A-Za-z_]\w*", name):
             raise GenomeError(f"expr column {col}: expected an input or an op, got '{name}'")
         pos += 1
@@ -140,10 +146,10 @@ def parse_expr(text: str) -> tuple[list[NodeSpec], str]:
                 raise GenomeError(f"expr column {col}: unknown name '{name}' (inputs are q, k, v){hint}")
             return name
         expect("(")
-        args = [parse()]
+        args = [parse(depth + 1)]
         while peek()[0] == ",":
             pos += 1
-            args.append(parse())
+            args.append(parse(depth + 1))
         got, end_col = peek()
         if got != ")":
             raise GenomeError(f"expr column {end_col}: expected ',' or ')', got '{got}'")
@@ -468,8 +474,14 @@ def genome_to_json(genome: Genome, form: str = "graph") -> dict:
 
 
 def to_expr(genome: AttentionGenome) -> str:
-    """The expression form (a tree: shared nodes are written out at each use)."""
+    """The expression form (a tree: shared nodes are written out at each use). Raises
+    GenomeError when sharing would make the tree too large to write out."""
     by_id = {n.id: n for n in genome.nodes}
+    tree_size: dict[str, int] = {}
+    for n in genome.nodes:  # operands first, so sizes are known when needed
+        tree_size[n.id] = 1 + sum(tree_size.get(a, 1) for a in n.args)
+    if tree_size.get(genome.output, 1) > MAX_EXPR_NODES:
+        raise GenomeError(f"the expression form would have {tree_size[genome.output]} nodes; use the graph form")
     if genome.output in by_id:
         return _subexpression(by_id[genome.output], by_id)
     return genome.output

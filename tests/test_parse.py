@@ -121,6 +121,8 @@ INVALID = [
     ("unknown layer type", json.dumps({"layers": [{"type": "ffn"}]}), ["layers[0]: 'type' must be"]),
     ("bad nested graph", json.dumps({"layers": [{"type": "attention", "graph": {"expr": "softmax(q, k)"}}]}), ["layers[0].graph: expr column 1 'softmax(q, k)': softmax takes 1 operand(s), got 2"]),
     ("no layers", json.dumps({"layers": []}), ["'layers' must be a non-empty array"]),
+    ("expr nested too deeply", '{"expr": "' + "neg(" * 300 + "q" + ")" * 300 + '"}', ["nested deeper than 256 levels"]),
+    ("JSON nested too deeply", "[" * 5000 + "]" * 5000, ["malformed JSON: nested too deeply"]),
 ]
 
 
@@ -170,6 +172,14 @@ def test_serialise_and_parse_round_trip(path, form):
     if isinstance(genome, ModelGenome):
         describe = lambda m: [(layer.type, getattr(layer, "kernel_size", None)) for layer in m.layers]  # noqa: E731
         assert again.config == genome.config and describe(again) == describe(genome)
+
+
+def test_to_expr_refuses_an_exponential_tree():
+    nodes = [{"id": "a0", "op": "neg", "args": ["q"]}]
+    nodes += [{"id": f"a{i}", "op": "add", "args": [f"a{i - 1}", f"a{i - 1}"]} for i in range(1, 40)]
+    genome = parse_genome({"nodes": nodes, "output": "a39"})
+    with pytest.raises(GenomeError, match="use the graph form"):
+        to_expr(genome)
 
 
 def test_to_expr_writes_the_expression_form():
