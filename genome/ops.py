@@ -183,7 +183,8 @@ class Op:
     paper_group: bool = False  # in the first op group of AutoBERT-Zero
     mutation_weight: float = 1.0
     # Triton spelling of an elementwise op, a format string over operand variables
-    # ({0}, {1}) in fp32; the code generator emits it as one straight-line assignment.
+    # ({0}, {1}) in fp32; the code generator emits it as one straight-line assignment. It may
+    # call the helpers every generated module defines (codegen/template.py: _log1p).
     # None: a structural op (transpose, softmax, matmul, cos, euc) the scheduler lowers.
     triton: str | None = None
 
@@ -269,7 +270,7 @@ _OPS = [
         "log(sigmoid(x)) = -softplus(-x)",
         torch.nn.functional.logsigmoid,
         lambda x: -np.logaddexp(0.0, -x),
-        triton="tl.minimum({0}, 0.0) - tl.log(1.0 + tl.exp(-tl.abs({0})))",  # -softplus(-x), stable
+        triton="tl.minimum({0}, 0.0) - _log1p(tl.exp(-tl.abs({0})))",  # -softplus(-x), stable
         paper_group=True,
     ),
     _unary("softsign", "x / (1 + abs(x))", lambda x: x / (1 + x.abs()), lambda x: x / (1 + np.abs(x)), odd=True, paper_group=True,

@@ -12,9 +12,9 @@ import argparse
 import os
 import sys
 
-from genomec.commands import check, ops, run, show
+from genomec.commands import bench, check, compile, ops, run, show, train
 
-COMMANDS = [check, show, run, ops]
+COMMANDS = [check, show, compile, run, bench, ops, train]
 
 
 class UsageError(ValueError):

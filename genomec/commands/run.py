@@ -8,8 +8,16 @@ from genomec.api import read_run_inputs, run_reference, select_graph, write_npz_
 from genomec.genome import load_genome
 from genomec.ir import lower
 
+
+def run_triton(compiled, arrays, grad):
+    """Fused Triton kernels (on the CPU interpreter without a GPU); fallback graphs say so."""
+    from genomec.runtime.launch import run_arrays
+
+    return run_arrays(compiled, arrays, grad)
+
+
 # backend name -> fn(compiled, arrays, grad) -> {"out", and with grad "dq", "dk", "dv"}
-BACKENDS = {"reference": run_reference}
+BACKENDS = {"reference": run_reference, "triton": run_triton}
 
 
 def register(sub) -> None:

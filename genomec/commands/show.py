@@ -12,7 +12,25 @@ from genomec.ir import format_ir
 STAGES = {
     "parsed": lambda entry: format_ir(entry.compiled.parsed),
     "simplified": lambda entry: format_ir(entry.compiled.simplified),
+    "schedule": lambda entry: _schedule_text(entry),
+    "source": lambda entry: _source_text(entry),
 }
+
+
+def _schedule_text(entry) -> str:
+    from genomec.codegen.schedule import format_schedule, schedule
+
+    return format_schedule(schedule(entry.compiled.simplified))
+
+
+def _source_text(entry) -> str:
+    from genomec.codegen.generate import generate
+    from genomec.codegen.schedule import schedule
+
+    sched = schedule(entry.compiled.simplified)
+    if not sched.fused:
+        return f"# no generated source: fallback to the reference executor ({sched.reason})"
+    return generate(entry.compiled).source
 
 
 def register(sub) -> None:

@@ -1,0 +1,228 @@
+"""The code generator: schedule + templates + emitter -> one Triton module per graph.
+
+The generated source does not depend on dtype, head dim or tile sizes: those are the
+kernels' compile-time constants (HEAD_DIM, BLOCK_M, DOT_DTYPE, ...), chosen at launch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from genomec.ir import Compiled, format_ir
+
+from . import template as T
+from .emit import GLOBAL, KEY, PAIR, QUERY, Emitter, var
+from .schedule import AttentionKernel, KeyPass, ReductionKernel, Schedule, format_schedule, schedule
+
+GENERATOR_VERSION = "genomec-codegen/1"
+
+
+def generator_fingerprint() -> str:
+    """The version plus a digest of everything the generated source is made from (this
+    package's code and the registry's Triton spellings): the kernel cache keys on it, so an
+    edited template or spelling never serves stale kernels."""
+    global _FINGERPRINT
+    if _FINGERPRINT is None:
+        from genomec.genome.ops import OPS
+
+        digest = hashlib.sha256()
+        for path in sorted(Path(__file__).parent.glob("*.py")):
+            digest.update(path.read_bytes())
+        digest.update(repr(sorted((name, op.triton) for name, op in OPS.items())).encode())
+        _FINGERPRINT = f"{GENERATOR_VERSION}+{digest.hexdigest()[:12]}"
+    return _FINGERPRINT
+
+
+_FINGERPRINT: str | None = None
+
+
+class NotFusable(ValueError):
+    """Asked for kernels of a graph outside the fused class."""
+
+
+@dataclass(frozen=True)
+class KernelInterface:
+    """How to launch one generated kernel: its runtime parameters in order, its constants."""
+
+    name: str
+    params: tuple[str, ...]  # pointers (`*_ptr`) and the ints seq_len, num_heads
+    constexprs: tuple[str, ...]
+    per_query_block: bool  # grid (query blocks, B*H) rather than (B*H,)
+
+
+@dataclass(frozen=True)
+class GeneratedModule:
+    hash: str
+    schedule: Schedule
+    source: str
+    kernels: tuple[KernelInterface, ...]  # in launch order
+
+
+REDUCTION_CONSTEXPRS = ("HEAD_DIM", "HEAD_DIM_PAD", "HEAD_SCALE", "BLOCK_N", "HAS_MASK", "DOT_DTYPE", "DOT_PRECISION")
+ATTENTION_CONSTEXPRS = (
+    "HEAD_DIM", "HEAD_DIM_PAD", "HEAD_SCALE", "BLOCK_M", "BLOCK_N", "HAS_MASK", "IS_CAUSAL", "DOT_DTYPE", "DOT_PRECISION",
+)
+
+
+def _indent(lines, spaces: int) -> str:
+    pad = " " * spaces
+    return "\n".join(pad + line for text in lines for line in text.split("\n"))
+
+
+def _comment(text: str) -> str:
+    return "\n".join("#   " + line for line in text.split("\n"))
+
+
+def _inputs_read(values) -> list[str]:
+    """The inputs among `values`, in q, k, v order (each becomes a pointer parameter)."""
+    return [n for n in ("q", "k", "v") if n in values]
+
+
+def generate(compiled: Compiled) -> GeneratedModule:
+    """The Triton module of a lowered graph. Raises NotFusable outside the fused class."""
+    sched = schedule(compiled.simplified)
+    if not sched.fused:
+        raise NotFusable(sched.reason)
+    source = T.HEADER.format(
+        generator_version=GENERATOR_VERSION,
+        hash=compiled.hash,
+        ir=_comment(format_ir(compiled.simplified)),
+        schedule=_comment(format_schedule(sched)),
+    )
+    kernels = []
+    if sched.reduction is not None:
+        text, interface = _reduction_kernel(sched, sched.reduction)
+        source += text
+        kernels.append(interface)
+    text, interface = _attention_kernel(sched, sched.attention)
+    source += text
+    kernels.append(interface)
+    return GeneratedModule(compiled.hash, sched, source, tuple(kernels))
+
+
+def _params(inputs, *, out: bool, sched: Schedule) -> tuple[str, ...]:
+    params = [f"{name}_ptr" for name in inputs] + ["mask_ptr"]
+    if out:
+        params.append("out_ptr")
+    if sched.reductions:
+        params.append("global_ptr")
+    if sched.column_softmaxes:
+        params.append("stats_ptr")
+    return tuple(params + ["seq_len", "num_heads"])
+
+
+def _reduction_kernel(sched: Schedule, kernel: ReductionKernel):
+    ir = sched.ir
+    emitter = Emitter(ir, sched.kinds)
+    count = len(sched.column_softmaxes)
+    passes = []
+    if kernel.column_softmaxes:
+        passes.append(
+            T.TOKEN_LOOP.format(
+                title="pass 1: column statistics of the softmaxes over tokens",
+                init=_indent([T.COLUMN_STATISTICS_INIT.format(s=s) for s in kernel.column_softmaxes], 4),
+                values=_indent([line for n in kernel.statistics_values for line in emitter.emit(n, KEY)], 8),
+                update_title="update column max and sum",
+                update=_indent(
+                    [T.COLUMN_STATISTICS_UPDATE.format(s=s, x=var(ir.node(s).operands[0], KEY)) for s in kernel.column_softmaxes], 8
+                ),
+                finish=_indent(
+                    [
+                        T.COLUMN_STATISTICS_FINISH.format(s=s, index=sched.column_softmaxes.index(s), count=count)
+                        for s in kernel.column_softmaxes
+                    ],
+                    4,
+                ),
+            )
+        )
+    if kernel.reductions:
+        n_red = len(sched.reductions)
+        passes.append(
+            T.TOKEN_LOOP.format(
+                title=f"pass {len(passes) + 1}: reduce over tokens",
+                init=_indent([T.REDUCTION_INIT.format(r=r) for r in kernel.reductions], 4),
+                values=_indent([line for n in kernel.reduction_values for line in emitter.emit(n, KEY)], 8),
+                update_title="accumulate x^T @ y",
+                update=_indent(
+                    [
+                        T.REDUCTION_UPDATE.format(r=r, x=var(ir.node(r).operands[0], KEY), y=var(ir.node(r).operands[1], KEY))
+                        for r in kernel.reductions
+                    ],
+                    8,
+                ),
+                finish=_indent(
+                    [T.REDUCTION_STORE.format(r=r, index=sched.reductions.index(r), count=n_red) for r in kernel.reductions], 4
+                ),
+            )
+        )
+    values = set(kernel.statistics_values) | set(kernel.reduction_values)
+    params = _params(_inputs_read(values), out=False, sched=sched)
+    text = T.REDUCTION_KERNEL.format(name=kernel.name, params=" ".join(p + "," for p in params), passes="".join(passes))
+    return text, KernelInterface(kernel.name, params, REDUCTION_CONSTEXPRS, per_query_block=False)
+
+
+def _attention_kernel(sched: Schedule, kernel: AttentionKernel):
+    ir = sched.ir
+    online = next((p.softmaxes[0] for p in kernel.key_passes if p.kind == "online"), None)
+    emitter = Emitter(ir, sched.kinds, online_softmax=online)
+
+    global_lines = [
+        T.GLOBAL_LOAD.format(r=r, index=sched.reductions.index(r), count=len(sched.reductions)) for r in kernel.globals_loaded
+    ]
+    used_values = set(kernel.query_values).union(*(p.key_values for p in kernel.key_passes))
+    global_lines += [
+        T.COLUMN_STATISTICS_LOAD.format(s=s, index=sched.column_softmaxes.index(s), count=len(sched.column_softmaxes))
+        for s in sched.column_softmaxes
+        if s in used_values
+    ]
+    global_lines += [line for n in kernel.global_values for line in emitter.emit(n, GLOBAL)]
+
+    key_passes = [_key_pass(ir, emitter, index + 1, p) for index, p in enumerate(kernel.key_passes)]
+    output = var(ir.output, QUERY)
+    inputs = _inputs_read(used_values)
+    params = _params(inputs, out=True, sched=sched)
+    text = T.ATTENTION_KERNEL.format(
+        name=kernel.name,
+        params=" ".join(p + "," for p in params),
+        global_values=_indent(global_lines or ["# (none)"], 4),
+        query_values=_indent([line for n in kernel.query_values for line in emitter.emit(n, QUERY)] or ["# (none)"], 4),
+        key_passes="".join(key_passes),
+        post_values=_indent([line for n in kernel.post_values for line in emitter.emit(n, QUERY)] or ["# (none)"], 4),
+        output=output,
+    )
+    return text, KernelInterface(kernel.name, params, ATTENTION_CONSTEXPRS, per_query_block=True)
+
+
+def _key_pass(ir, emitter: Emitter, index: int, p: KeyPass) -> str:
+    key_values = [line for n in p.key_values for line in emitter.emit(n, KEY)]
+    pair_values = [line for n in p.pair_values for line in emitter.emit(n, PAIR)]
+    if p.kind == "statistics":
+        return T.KEY_LOOP.format(
+            index=index,
+            title=f"row statistics of {', '.join(p.softmaxes)}",
+            init=_indent([T.ROW_STATISTICS_INIT.format(s=s) for s in p.softmaxes], 4),
+            key_values=_indent(key_values or ["# (none)"], 8),
+            pair_values=_indent(pair_values or ["# (none)"], 8),
+            update_title="update row max and sum",
+            update=_indent([T.ROW_STATISTICS_UPDATE.format(s=s, x=var(ir.node(s).operands[0], PAIR)) for s in p.softmaxes], 8),
+            finish=_indent([T.ROW_STATISTICS_FINISH.format(s=s) for s in p.softmaxes], 4),
+        )
+    online = p.kind == "online"
+    s = p.softmaxes[0] if online else None
+    init = [T.ROW_STATISTICS_INIT.format(s=s)] if online else []
+    init += [T.ACCUMULATOR_INIT.format(c=c) for c in p.contractions]
+    accumulate = T.ACCUMULATE_ONLINE if online else T.ACCUMULATE
+    finish = T.ACCUMULATOR_FINISH_ONLINE if online else T.ACCUMULATOR_FINISH
+    operands = [ir.node(c).operands for c in p.contractions]
+    return T.KEY_LOOP.format(
+        index=index,
+        title=(f"online softmax {s} and " if online else "") + f"contractions {', '.join(p.contractions)} over keys",
+        init=_indent(init, 4),
+        key_values=_indent(key_values or ["# (none)"], 8),
+        pair_values=_indent(pair_values or ["# (none)"], 8),
+        update_title="accumulate pair @ key rows" + (" (rescaled to the new row max)" if online else ""),
+        update=_indent([accumulate.format(c=c, s=s, p=var(a, PAIR), x=var(b, KEY)) for c, (a, b) in zip(p.contractions, operands)], 8),
+        finish=_indent([finish.format(c=c, s=s) for c in p.contractions], 4),
+    )

@@ -1,0 +1,350 @@
+"""The scheduler: which kernels, passes and loops compute an attention graph (SPEC 3, Schedule).
+
+Every node is classified by index space and by what it needs:
+
+- *pre* token values (`[N,d]`, `[d,N]`) are pointwise in the token: computed from the
+  inputs (and global values) for whichever rows a kernel holds, query rows or key rows.
+- *pair* values (`[N,N]`) live only in registers, one (query block, key block) tile at a
+  time: scores (`matmul` of a query-side and a key-side value, `cos`, `euc`), elementwise
+  ops, and softmax over keys, which needs row statistics (max, sum).
+- *contractions* `matmul(pair, pre)` accumulate over key blocks into `[BLOCK_M, d]`.
+- *post* token values depend on a contraction: computed for query rows after the loop.
+- *global* values (`[d,d]`, and the column statistics of a softmax over tokens of a
+  `[d,N]` value) come from a reduction kernel that runs first, one program per head.
+
+Passes over the key blocks: a softmax whose result reaches the contractions only through
+linear ops gets online (rescaled) normalisation in the one accumulation pass; otherwise
+every softmax gets its row statistics in a pass of its own level first (a softmax of a
+softmax needs two). Anything else (a contraction of two pair values, a pair value built
+from a contraction, a transposed pair, causal over a graph that is not row-local) is
+outside the fused class: the graph runs on the reference executor and the schedule says
+why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import networkx as nx
+
+from genomec.genome.ops import HEAD, OPS, TOKENS
+from genomec.ir.graph import INPUT_OP, IR, PAIR_SPACE, TOKEN_SPACE
+from genomec.ir.reference import _row_local
+
+SCORE_OPS = ("matmul", "cos", "euc")  # [N,d] x [N,d]-ish -> [N,N]
+
+
+class OutsideFusedClass(Exception):
+    """The graph cannot be fused; the message says which node and why."""
+
+
+@dataclass(frozen=True)
+class KeyPass:
+    """One loop over the key blocks of a query block."""
+
+    kind: str  # "statistics" (row max/sum of softmaxes), "online" or "accumulate"
+    softmaxes: tuple[str, ...] = ()  # whose statistics this pass computes
+    key_values: tuple[str, ...] = ()  # pre token values computed for the key rows
+    pair_values: tuple[str, ...] = ()  # pair values computed per tile, in order
+    contractions: tuple[str, ...] = ()  # accumulated in this pass
+
+
+@dataclass(frozen=True)
+class ReductionKernel:
+    """One program per (batch, head): loops over all tokens for the global values."""
+
+    name: str
+    column_softmaxes: tuple[str, ...]  # softmax over tokens of [d,N] values: column max/sum
+    statistics_values: tuple[str, ...]  # token values the statistics pass computes
+    reductions: tuple[str, ...]  # [d,N] @ [N,d] -> [d,d], accumulated over tokens
+    reduction_values: tuple[str, ...]  # token values the accumulation pass computes
+
+    @property
+    def passes(self) -> list[str]:
+        return (["column statistics"] if self.column_softmaxes else []) + (["reduce"] if self.reductions else [])
+
+
+@dataclass(frozen=True)
+class AttentionKernel:
+    """One program per (batch, head, query block)."""
+
+    name: str
+    globals_loaded: tuple[str, ...]  # reductions written by the reduction kernel
+    global_values: tuple[str, ...]  # values computed from them ([d,d] ops)
+    query_values: tuple[str, ...]  # pre token values computed for the query rows
+    key_passes: tuple[KeyPass, ...]
+    post_values: tuple[str, ...]  # token values after the contractions, query rows
+
+    @property
+    def passes(self) -> list[str]:
+        return [p.kind for p in self.key_passes]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    ir: IR
+    fused: bool
+    reason: str | None = None  # why not fused
+    reduction: ReductionKernel | None = None
+    attention: AttentionKernel | None = None
+    column_softmaxes: tuple[str, ...] = ()  # indices into the statistics buffer
+    reductions: tuple[str, ...] = ()  # indices into the global buffer
+    kinds: dict = field(default_factory=dict)  # node -> pre | post | pair | global | contraction
+
+    @property
+    def kernels(self) -> list:
+        return [k for k in (self.reduction, self.attention) if k is not None]
+
+    def stages(self) -> list[dict]:
+        """What `genomec compile` reports: one stage per kernel, in launch order."""
+        return [{"kernel": k.name, "grid": _grid_text(k), "passes": k.passes} for k in self.kernels]
+
+
+def _grid_text(kernel) -> str:
+    return "batch x heads" if isinstance(kernel, ReductionKernel) else "batch x heads x query blocks"
+
+
+def schedule(ir: IR) -> Schedule:
+    """Plan the kernels of a simplified IR, or say why it falls back."""
+    try:
+        return _plan(ir)
+    except OutsideFusedClass as e:
+        return Schedule(ir, fused=False, reason=str(e))
+
+
+# -- classification ----------------------------------------------------------------------
+
+
+def _classify(ir: IR) -> dict[str, str]:
+    """node -> pre | post | pair | contraction | global | colsoftmax, or raise."""
+    kinds: dict[str, str] = {}
+    for node_id, node in ir.nodes():
+        if node.op == INPUT_OP:
+            kinds[node_id] = "pre"
+            continue
+        operand_kinds = [kinds[o] for o in node.operands]
+        shapes = [ir.node(o).shape for o in node.operands]
+        op = OPS[node.op]
+        where = f"node '{node_id}' ({node})"
+
+        if node.space == PAIR_SPACE:
+            is_score = node.op in ("cos", "euc") or (node.op == "matmul" and shapes[0][1] == HEAD)  # [N,d] x [d,N]
+            if is_score:
+                if any(k not in ("pre", "colsoftmax") for k in operand_kinds):
+                    raise OutsideFusedClass(f"{where}: scores need per-token operands (a value after a contraction would need a second stage)")
+                if node.op == "matmul" and not (shapes[0] == (TOKENS, HEAD) and shapes[1] == (HEAD, TOKENS)):
+                    raise OutsideFusedClass(f"{where}: unsupported score shapes")
+                kinds[node_id] = "pair"
+            elif node.op == "softmax" or op.elementwise:
+                if any(k != "pair" for k in operand_kinds):
+                    raise OutsideFusedClass(f"{where}: mixes pair and non-pair values")
+                kinds[node_id] = "pair"
+            else:  # transpose, or matmul of two pair values
+                raise OutsideFusedClass(f"{where}: {node.op} of pair values ([N,N] x [N,N] or transposed) is not fusable")
+        elif node.space == TOKEN_SPACE:
+            if node.op == "matmul" and ir.node(node.operands[0]).space == PAIR_SPACE:
+                if operand_kinds[1] not in ("pre", "colsoftmax") or shapes[1] != (TOKENS, HEAD):
+                    raise OutsideFusedClass(f"{where}: a contraction over keys of a value that is not per-token pointwise")
+                kinds[node_id] = "contraction"
+            elif node.op == "matmul" and ir.node(node.operands[0]).space == TOKEN_SPACE and shapes[0][1] == TOKENS:
+                raise OutsideFusedClass(f"{where}: contraction over queries (a [d,N] @ [N,N] product) is not fusable")
+            elif node.op == "softmax" and node.shape[1] == TOKENS:
+                # softmax over tokens of a [d,N] value: column statistics from the reduction kernel
+                if operand_kinds[0] != "pre" or _needs_global(ir, kinds, node.operands[0], with_statistics=True):
+                    raise OutsideFusedClass(f"{where}: softmax over tokens of a value that needs another reduction")
+                kinds[node_id] = "colsoftmax"
+            elif node.op in ("cos", "euc"):
+                raise OutsideFusedClass(f"{where}: {node.op} with a [N,N] operand is not fusable")
+            elif any(k in ("post", "contraction") for k in operand_kinds):
+                kinds[node_id] = "post"
+            else:
+                kinds[node_id] = "pre"
+        else:  # GLOBAL_SPACE
+            if node.op == "matmul" and ir.node(node.operands[0]).space == TOKEN_SPACE:
+                if any(k not in ("pre", "colsoftmax") for k in operand_kinds) or any(
+                    _needs_global(ir, kinds, o, with_statistics=False) for o in node.operands
+                ):
+                    raise OutsideFusedClass(f"{where}: a reduction over tokens of a value that needs a contraction or another reduction")
+                kinds[node_id] = "reduction"
+            elif node.op in ("cos", "euc"):
+                raise OutsideFusedClass(f"{where}: {node.op} over tokens into [d,d] is not fusable")
+            else:
+                kinds[node_id] = "global"
+    return kinds
+
+
+def _needs_global(ir: IR, kinds: dict, node_id: str, with_statistics: bool) -> bool:
+    """True when the value reads a global value (or, with_statistics, column statistics)."""
+    wanted = ("reduction", "global", "colsoftmax") if with_statistics else ("reduction", "global")
+    return any(kinds.get(a) in wanted for a in nx.ancestors(ir.graph, node_id) | {node_id})
+
+
+def _token_closure(ir: IR, kinds: dict, roots) -> tuple[str, ...]:
+    """The pre token values (and column softmaxes) needed to compute `roots`, in order;
+    stops at global values, which are loaded."""
+    needed: set[str] = set()
+    stack = list(roots)
+    while stack:
+        n = stack.pop()
+        if n in needed or kinds[n] not in ("pre", "colsoftmax"):
+            continue
+        needed.add(n)
+        stack.extend(ir.node(n).operands)
+    return tuple(n for n in ir.order() if n in needed)
+
+
+def _pair_closure(ir: IR, kinds: dict, roots) -> tuple[str, ...]:
+    needed: set[str] = set()
+    stack = list(roots)
+    while stack:
+        n = stack.pop()
+        if n in needed or kinds[n] != "pair":
+            continue
+        needed.add(n)
+        stack.extend(ir.node(n).operands)
+    return tuple(n for n in ir.order() if n in needed)
+
+
+def _key_operands(ir: IR, pair_values, contractions) -> list[str]:
+    """Token values a key block needs: the key side of scores and contractions."""
+    roots = [ir.node(p).operands[1] for p in pair_values if ir.node(p).op in SCORE_OPS]
+    return roots + [ir.node(c).operands[1] for c in contractions]
+
+
+def _softmax_levels(ir: IR, kinds: dict) -> list[list[str]]:
+    """Softmaxes over keys grouped by nesting depth (a softmax of a softmax is level 2)."""
+    level: dict[str, int] = {}
+    for node_id, node in ir.nodes():
+        if kinds.get(node_id) != "pair":
+            continue
+        below = max((level[o] for o in node.operands if o in level), default=0)
+        level[node_id] = below + (1 if node.op == "softmax" else 0)
+    softmaxes = [n for n, node in ir.nodes() if kinds.get(n) == "pair" and node.op == "softmax"]
+    depth = max((level[s] for s in softmaxes), default=0)
+    return [[s for s in softmaxes if level[s] == d] for d in range(1, depth + 1)]
+
+
+def _online_softmax(ir: IR, kinds: dict, contractions) -> str | None:
+    """The softmax to normalise online, if there is exactly one and everything between it
+    and the contractions is linear and homogeneous (neg, scale, add, sub), and every
+    contraction reads it: then dividing the accumulators by the row sum at the end is exact."""
+    softmaxes = [n for n, node in ir.nodes() if kinds.get(n) == "pair" and node.op == "softmax"]
+    if len(softmaxes) != 1:
+        return None
+    (s,) = softmaxes
+    downstream = {s}
+    for node_id, node in ir.nodes():
+        if node_id == s or kinds.get(node_id) != "pair" or not any(o in downstream for o in node.operands):
+            continue
+        op = OPS[node.op]
+        if not (op.elementwise and op.linear and all(o in downstream for o in node.operands)):
+            return None
+        downstream.add(node_id)
+    if all(ir.node(c).operands[0] in downstream for c in contractions):
+        return s
+    return None
+
+
+# -- planning ------------------------------------------------------------------------
+
+
+def _plan(ir: IR) -> Schedule:
+    if ir.causal and not _row_local(ir):
+        raise OutsideFusedClass("causal, and a value that depends on a prefix reaches other rows (not row-local)")
+    kinds = _classify(ir)
+    order = [n for n, _ in ir.nodes()]
+    of_kind = lambda *ks: tuple(n for n in order if kinds[n] in ks)  # noqa: E731
+
+    column_softmaxes = of_kind("colsoftmax")
+    reductions = of_kind("reduction")
+    contractions = of_kind("contraction")
+    post_values = of_kind("post")
+
+    reduction = None
+    if column_softmaxes or reductions:
+        reduction = ReductionKernel(
+            name="reduce_tokens",
+            column_softmaxes=column_softmaxes,
+            statistics_values=_token_closure(ir, kinds, [ir.node(s).operands[0] for s in column_softmaxes]),
+            reductions=reductions,
+            reduction_values=_token_closure(ir, kinds, [o for r in reductions for o in ir.node(r).operands]),
+        )
+
+    # Query rows: the query side of scores, pre operands of post values, a pre output.
+    pair_values_all = of_kind("pair")
+    query_roots = [ir.node(p).operands[0] for p in pair_values_all if ir.node(p).op in SCORE_OPS]
+    query_roots += [o for p in post_values for o in ir.node(p).operands if kinds[o] in ("pre", "colsoftmax")]
+    if kinds[ir.output] in ("pre", "colsoftmax"):
+        query_roots.append(ir.output)
+    query_values = _token_closure(ir, kinds, query_roots)
+
+    key_passes = []
+    online = _online_softmax(ir, kinds, contractions)
+    levels = [] if online else _softmax_levels(ir, kinds)
+    for level in levels:
+        pairs = _pair_closure(ir, kinds, [ir.node(s).operands[0] for s in level])
+        key_values = _token_closure(ir, kinds, _key_operands(ir, pairs, ()))
+        key_passes.append(KeyPass("statistics", softmaxes=tuple(level), key_values=key_values, pair_values=pairs))
+    if contractions:
+        pairs = _pair_closure(ir, kinds, [ir.node(c).operands[0] for c in contractions])
+        key_values = _token_closure(ir, kinds, _key_operands(ir, pairs, contractions))
+        key_passes.append(
+            KeyPass(
+                "online" if online else "accumulate",
+                softmaxes=(online,) if online else (),
+                key_values=key_values,
+                pair_values=pairs,
+                contractions=contractions,
+            )
+        )
+
+    # Global values used by the attention kernel: loaded reductions and what is built on them.
+    global_values = of_kind("global")
+    attention = AttentionKernel(
+        name="attention_fwd",
+        globals_loaded=reductions,
+        global_values=global_values,
+        query_values=query_values,
+        key_passes=tuple(key_passes),
+        post_values=post_values,
+    )
+    return Schedule(
+        ir,
+        fused=True,
+        reduction=reduction,
+        attention=attention,
+        column_softmaxes=column_softmaxes,
+        reductions=reductions,
+        kinds=kinds,
+    )
+
+
+def format_schedule(sched: Schedule) -> str:
+    """`genomec show --stage schedule`: the kernels, their passes and what each computes."""
+    if not sched.fused:
+        return f"fallback (reference executor): {sched.reason}"
+    lines = []
+    if sched.reduction:
+        r = sched.reduction
+        lines.append(f"kernel {r.name}  grid: batch x heads")
+        if r.column_softmaxes:
+            lines.append(f"  pass column statistics over tokens: {', '.join(r.column_softmaxes)}")
+            lines.append(f"    token values: {', '.join(r.statistics_values)}")
+        if r.reductions:
+            lines.append(f"  pass reduce over tokens: {', '.join(r.reductions)}")
+            lines.append(f"    token values: {', '.join(r.reduction_values)}")
+    a = sched.attention
+    lines.append(f"kernel {a.name}  grid: batch x heads x query blocks")
+    if a.globals_loaded or a.global_values:
+        lines.append(f"  global values: {', '.join(a.globals_loaded + a.global_values)}")
+    lines.append(f"  query-side values: {', '.join(a.query_values) or '-'}")
+    for p in a.key_passes:
+        what = {"statistics": "row statistics of", "online": "online softmax", "accumulate": "accumulate"}[p.kind]
+        target = ", ".join(p.softmaxes) if p.kind == "statistics" else ", ".join(p.contractions)
+        extra = f" normalised by {p.softmaxes[0]}" if p.kind == "online" else ""
+        lines.append(f"  pass over key blocks ({what} {target}{extra})")
+        lines.append(f"    key-side values: {', '.join(p.key_values) or '-'}")
+        lines.append(f"    pair values: {', '.join(p.pair_values) or '-'}")
+    lines.append(f"  post values: {', '.join(a.post_values) or '-'}")
+    lines.append(f"  output: {sched.ir.output}")
+    return "\n".join(lines)

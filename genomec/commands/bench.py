@@ -1,0 +1,35 @@
+"""`genomec bench [-o DIR] [GENOME ...]`: the forward kernel suite of SPEC 7.
+
+With a CUDA GPU: timings against eager, torch.compile, FlexAttention and SDPA. Without one:
+front-end time, generated source size and ahead-of-time compile resources, and it says so.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="kernel benchmarks (SPEC 7); without a GPU, front end and AOT compile numbers")
+    p.add_argument("genomes", nargs="*", metavar="GENOME", help="genome files (default: the SPEC 7 suite)")
+    p.add_argument("-o", "--output", default="bench-results", metavar="DIR", help="where results.json/.md/.png go")
+    p.add_argument("--no-aot", action="store_true", help="without a GPU: skip ahead-of-time compilation")
+    p.add_argument("--json", action="store_true", help="print results.json")
+    p.set_defaults(handler=handle)
+
+
+def handle(args) -> int:
+    from genomec.api import distinct_graphs
+    from genomec.runtime.bench import run_suite, suite_graphs
+
+    progress = (lambda line: None) if args.json else (lambda line: print(line, file=sys.stderr, flush=True))
+    graphs = suite_graphs(distinct_graphs, args.genomes or None)
+    result = run_suite(graphs, args.output, aot=not args.no_aot, progress=progress)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(Path(args.output, "results.md").read_text())
+        print(f"wrote {args.output}/results.json, results.md, results.png ({result['mode']} mode)")
+    return 0

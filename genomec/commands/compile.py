@@ -1,0 +1,57 @@
+"""`genomec compile FILE -o DIR [--arch sm_90] [--dtype fp16|bf16|fp32]`: generated Triton
+modules and manifest.json; with --arch, ahead-of-time compilation and per-kernel resources."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def register(sub) -> None:
+    p = sub.add_parser("compile", help="write fused Triton modules and manifest.json for a genome")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="directory for the modules and manifest.json")
+    p.add_argument("--arch", metavar="ARCH", help="compile ahead of time for this GPU target (e.g. sm_90); no GPU needed")
+    p.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"], help="input dtype for --arch (default fp16)")
+    p.add_argument("--head-dim", type=int, metavar="D", help="head dim for --arch (default: the model's, else 64)")
+    p.add_argument("--json", action="store_true", help="print the manifest")
+    p.add_argument("-v", "--verbose", action="store_true", help="tracebacks on failure")
+    p.set_defaults(handler=handle)
+
+
+def handle(args) -> int:
+    from genomec.api import distinct_graphs
+    from genomec.cli import UsageError
+    from genomec.genome import load_genome
+    from genomec.codegen.aot import parse_arch
+    from genomec.codegen.manifest import compile_genome
+
+    if args.arch:
+        try:
+            parse_arch(args.arch)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+    if args.head_dim is not None and not 1 <= args.head_dim <= 256:
+        raise UsageError(f"--head-dim {args.head_dim}: expected 1..256")
+    progress = None if args.json else (lambda line: print(line, file=sys.stderr, flush=True))
+    genome = load_genome(args.file)
+    manifest = compile_genome(
+        args.file, genome, distinct_graphs(genome), args.output, arch=args.arch, dtype=args.dtype, head_dim=args.head_dim, progress=progress
+    )
+    if args.json:
+        print(json.dumps(manifest, indent=2))
+        return 0
+    coverage = manifest["coverage"]
+    print(f"{args.file}: {coverage['fused']} of {coverage['graphs']} distinct attention graph(s) fused; wrote {args.output}/manifest.json")
+    for g in manifest["graphs"]:
+        where = f" (layers {g['layers']})" if g["layers"] else ""
+        if not g["fused"]:
+            print(f"  {g['hash']}{where}: fallback, runs on the reference executor: {g['reason']}")
+            continue
+        print(f"  {g['hash']}{where}: fused, {len(g['stages'])} stage(s) -> {g['module']}")
+        for k in g["kernels"]:
+            if "registers" in k:
+                print(f"    {k['name']}: {k['registers']} registers, {k['spills']} bytes spilled, {k['shared_bytes']} B shared ({args.arch}, {args.dtype})")
+            else:
+                print(f"    {k['name']}")
+    return 0

@@ -1,0 +1,330 @@
+"""The hybrid attention/convolution backbone of a model genome, as Hugging Face models (SPEC 6).
+
+    embeddings (word + position + token type, LayerNorm)
+    -> per genome layer:  x = LN(x + mixer(x));  x = LN(x + FFN(x))     (post-LN, as BERT)
+       mixer = attention (the layer's graph per head) | light convolution
+    -> heads: masked LM (tied to the word embeddings) or sequence classification
+
+Padding (attention_mask 0) never changes a real token's output: attention graphs run
+with the executor's delete-the-padded-tokens semantics, convolutions see zeros in place
+of padded tokens, and position ids count real tokens only (so left and right padding give
+the same positions). Everything else is per token.
+"""
+
+from __future__ import annotations
+
+import torch
+import transformers
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutputWithPooling, MaskedLMOutput, SequenceClassifierOutput
+
+from genomec.genome import AttentionGenome, AttentionLayer, ConvLayer
+from genomec.ir import lower
+
+from .attention_backend import attention_function
+from .configuration import GenomeBertConfig
+
+try:  # transformers 5: init functions that skip weights already loaded from a checkpoint
+    from transformers import initialization as init
+except ImportError:  # transformers 4: weights are initialised before loading
+    from torch.nn import init
+
+TRANSFORMERS_MAJOR = int(transformers.__version__.split(".")[0])
+
+
+# -- embeddings --------------------------------------------------------------------------------
+
+
+class GenomeBertEmbeddings(nn.Module):
+    def __init__(self, config: GenomeBertConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids=None, token_type_ids=None, position_ids=None, inputs_embeds=None, real=None):
+        if inputs_embeds is None:
+            inputs_embeds = self.word_embeddings(input_ids)
+        batch, length = inputs_embeds.shape[:2]
+        if position_ids is None:
+            if real is None:
+                position_ids = torch.arange(length, device=inputs_embeds.device).expand(batch, length)
+            else:  # count real tokens only, so padding anywhere leaves real positions unchanged
+                position_ids = (real.long().cumsum(dim=1) - 1).clamp(min=0)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros(batch, length, dtype=torch.long, device=inputs_embeds.device)
+        x = inputs_embeds + self.position_embeddings(position_ids) + self.token_type_embeddings(token_type_ids)
+        return self.dropout(self.LayerNorm(x))
+
+
+# -- token mixers: attention and light convolution -------------------------------------------------
+
+
+class GenomeAttention(nn.Module):
+    """Projections for the inputs the graph reads, the graph per head, output projection."""
+
+    def __init__(self, config: GenomeBertConfig, graph: AttentionGenome):
+        super().__init__()
+        self.compiled = lower(graph)
+        self.ir = self.compiled.simplified
+        self.num_heads = config.num_heads
+        self.head_dim = config.hidden_size // config.num_heads
+        self.projections = nn.ModuleDict({name: nn.Linear(config.hidden_size, config.hidden_size) for name in self.ir.inputs})
+        self.output = nn.Linear(config.hidden_size, config.hidden_size)
+        self.backend = config.attention_backend
+        self._functions: dict[tuple[str, str], object] = {}  # (backend, device type) -> attention function
+
+    def set_backend(self, backend: str) -> None:
+        self.backend = backend
+
+    def forward(self, x: torch.Tensor, real: torch.Tensor | None) -> torch.Tensor:
+        batch, length, hidden = x.shape
+        heads = {
+            name: projection(x).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, N, d]
+            for name, projection in self.projections.items()
+        }
+        key = (self.backend, x.device.type)
+        if key not in self._functions:
+            self._functions[key] = attention_function(self.compiled, self.backend, x.device)
+        out = self._functions[key](heads.get("q"), heads.get("k"), heads.get("v"), mask=real)
+        return self.output(out.transpose(1, 2).reshape(batch, length, hidden))
+
+
+class LightConv(nn.Module):
+    """SPEC 6.2 "light": Linear(H -> 2H) + GLU, depthwise conv over tokens (same padding),
+    Linear(H -> H). Padded tokens are zeroed before the convolution, so with real tokens
+    contiguous (left or right padding) they act exactly like the conv's own zero padding."""
+
+    def __init__(self, config: GenomeBertConfig, kernel_size: int):
+        super().__init__()
+        hidden = config.hidden_size
+        self.input_projection = nn.Linear(hidden, 2 * hidden)
+        self.depthwise = nn.Conv1d(hidden, hidden, kernel_size, padding=kernel_size // 2, groups=hidden)
+        self.output_projection = nn.Linear(hidden, hidden)
+
+    def forward(self, x: torch.Tensor, real: torch.Tensor | None) -> torch.Tensor:
+        h = nn.functional.glu(self.input_projection(x), dim=-1)
+        if real is not None:
+            h = h.masked_fill(~real[..., None], 0.0)
+        h = self.depthwise(h.transpose(1, 2)).transpose(1, 2)
+        return self.output_projection(h)
+
+
+# -- layers --------------------------------------------------------------------------------------
+
+
+class GenomeBertLayer(nn.Module):
+    def __init__(self, config: GenomeBertConfig, layer):
+        super().__init__()
+        if isinstance(layer, AttentionLayer):
+            self.mixer = GenomeAttention(config, layer.graph)
+        elif isinstance(layer, ConvLayer):
+            if layer.variant != "light":
+                raise ValueError(f"conv variant {layer.variant!r} is not implemented (variants: light)")
+            self.mixer = LightConv(config, layer.kernel_size)
+        else:
+            raise TypeError(f"unknown layer {layer!r}")
+        self.mixer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.feed_forward = nn.Sequential(
+            nn.Linear(config.hidden_size, config.intermediate_size),
+            nn.GELU(),
+            nn.Linear(config.intermediate_size, config.hidden_size),
+        )
+        self.feed_forward_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, x: torch.Tensor, real: torch.Tensor | None) -> torch.Tensor:
+        x = self.mixer_norm(x + self.dropout(self.mixer(x, real)))
+        return self.feed_forward_norm(x + self.dropout(self.feed_forward(x)))
+
+
+# -- Hugging Face models ---------------------------------------------------------------------------
+
+
+class GenomeBertPreTrainedModel(PreTrainedModel):
+    config_class = GenomeBertConfig
+    base_model_prefix = "genome_bert"
+    supports_gradient_checkpointing = False
+
+    def _init_weights(self, module):
+        """BERT's initialisation: N(0, initializer_range) weights, zero biases, unit norms."""
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Conv1d)):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+
+    def set_attention_backend(self, backend: str) -> None:
+        """Force the attention backend of every attention layer ("auto", "reference", "triton")."""
+        self.config.attention_backend = backend
+        for module in self.modules():
+            if isinstance(module, GenomeAttention):
+                module.set_backend(backend)
+
+    def _return_dict(self, return_dict):
+        return return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
+
+
+def _real_tokens(attention_mask, like: torch.Tensor) -> torch.Tensor | None:
+    """attention_mask (1 = real) -> bool [B, N], or None when every token is real."""
+    if attention_mask is None:
+        return None
+    real = attention_mask.to(device=like.device, dtype=torch.bool)
+    return None if bool(real.all()) else real
+
+
+class GenomeBertModel(GenomeBertPreTrainedModel):
+    """The encoder: embeddings and the genome's layers; `pooler_output` is the first real
+    token through Linear + tanh (as BERT's pooler) when `add_pooling_layer`."""
+
+    def __init__(self, config: GenomeBertConfig, add_pooling_layer: bool = True):
+        super().__init__(config)
+        self.embeddings = GenomeBertEmbeddings(config)
+        self.layers = nn.ModuleList(GenomeBertLayer(config, layer) for layer in config.model_genome.layers)
+        self.pooler = nn.Linear(config.hidden_size, config.hidden_size) if add_pooling_layer else None
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value):
+        self.embeddings.word_embeddings = value
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        inputs_embeds=None,
+        output_hidden_states=None,
+        return_dict=None,
+    ):
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("give exactly one of input_ids and inputs_embeds")
+        like = input_ids if input_ids is not None else inputs_embeds
+        real = _real_tokens(attention_mask, like)
+        x = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds, real=real)
+        all_hidden = [x] if output_hidden_states else None
+        for layer in self.layers:
+            x = layer(x, real)
+            if all_hidden is not None:
+                all_hidden.append(x)
+        pooled = None
+        if self.pooler is not None:
+            first_real = torch.zeros(x.shape[0], dtype=torch.long, device=x.device) if real is None else real.long().argmax(dim=1)
+            pooled = torch.tanh(self.pooler(x[torch.arange(x.shape[0], device=x.device), first_real]))
+        hidden_states = tuple(all_hidden) if all_hidden is not None else None
+        if not self._return_dict(return_dict):
+            return tuple(t for t in (x, pooled, hidden_states) if t is not None)
+        return BaseModelOutputWithPooling(last_hidden_state=x, pooler_output=pooled, hidden_states=hidden_states)
+
+
+class MaskedLMHead(nn.Module):
+    """BERT's MLM head: Linear + GELU + LayerNorm, then the decoder tied to the word embeddings."""
+
+    def __init__(self, config: GenomeBertConfig):
+        super().__init__()
+        self.transform = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
+
+    def forward(self, x):
+        return self.decoder(self.LayerNorm(nn.functional.gelu(self.transform(x))))
+
+
+class GenomeBertForMaskedLM(GenomeBertPreTrainedModel):
+    # transformers 5 maps tied parameters to their source; 4.x lists them.
+    if TRANSFORMERS_MAJOR >= 5:
+        _tied_weights_keys = {"lm_head.decoder.weight": "genome_bert.embeddings.word_embeddings.weight"}
+    else:
+        _tied_weights_keys = ["lm_head.decoder.weight"]
+
+    def __init__(self, config: GenomeBertConfig):
+        super().__init__(config)
+        self.genome_bert = GenomeBertModel(config, add_pooling_layer=False)
+        self.lm_head = MaskedLMHead(config)
+        self.post_init()
+
+    def get_output_embeddings(self):
+        return self.lm_head.decoder
+
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head.decoder = new_embeddings
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        inputs_embeds=None,
+        labels=None,
+        output_hidden_states=None,
+        return_dict=None,
+    ):
+        outputs = self.genome_bert(
+            input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+            output_hidden_states=output_hidden_states, return_dict=True,
+        )
+        logits = self.lm_head(outputs.last_hidden_state)
+        loss = None
+        if labels is not None:  # -100 marks tokens that are not predicted
+            loss = nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1), ignore_index=-100)
+        if not self._return_dict(return_dict):
+            rest = (logits,) + ((outputs.hidden_states,) if outputs.hidden_states is not None else ())
+            return ((loss,) + rest) if loss is not None else rest
+        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+
+class GenomeBertForSequenceClassification(GenomeBertPreTrainedModel):
+    """Pooled first real token -> dropout -> Linear(num_labels). One label is regression
+    (mean squared error), more are single-label classification (cross-entropy)."""
+
+    def __init__(self, config: GenomeBertConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.genome_bert = GenomeBertModel(config)
+        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        inputs_embeds=None,
+        labels=None,
+        output_hidden_states=None,
+        return_dict=None,
+    ):
+        outputs = self.genome_bert(
+            input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+            output_hidden_states=output_hidden_states, return_dict=True,
+        )
+        logits = self.classifier(self.dropout(outputs.pooler_output))
+        loss = None
+        if labels is not None:
+            if self.config.problem_type is None:
+                self.config.problem_type = "regression" if self.num_labels == 1 else "single_label_classification"
+            if self.config.problem_type == "regression":
+                loss = nn.functional.mse_loss(logits.squeeze(-1), labels.to(logits.dtype).view(-1))
+            elif self.config.problem_type == "single_label_classification":
+                loss = nn.functional.cross_entropy(logits, labels.view(-1))
+            else:  # multi_label_classification
+                loss = nn.functional.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+        if not self._return_dict(return_dict):
+            rest = (logits,) + ((outputs.hidden_states,) if outputs.hidden_states is not None else ())
+            return ((loss,) + rest) if loss is not None else rest
+        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)

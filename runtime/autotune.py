@@ -1,0 +1,83 @@
+"""Tile sizes and warps: a small search space per (arch, dtype, head dim, length bucket),
+with the winner persisted in a JSON table next to the kernel cache.
+
+On a GPU the first launch for a key times every candidate (median of a few runs) and
+stores the fastest; later launches, in any process, read the table. The interpreter has
+one fixed choice (timings there mean nothing).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+from genomec.codegen.tiles import INTERPRETER_CONFIG, SEARCH_SPACE, TileConfig, candidates, default_config
+
+__all__ = ["default_config", "INTERPRETER_CONFIG", "SEARCH_SPACE", "TileConfig", "TuningTable", "candidates", "choose", "length_bucket", "tuning_key"]
+
+
+def length_bucket(seq_len: int) -> int:
+    """Sequence lengths share a tuned choice within a power of two (at least 64)."""
+    return max(64, 1 << (max(seq_len, 1) - 1).bit_length())
+
+
+def tuning_key(arch: str, dtype: str, head_dim: int, seq_len: int) -> str:
+    return f"{arch}/{dtype}/d{head_dim}/n{length_bucket(seq_len)}"
+
+
+class TuningTable:
+    """Persisted choices: {key: {graph hash: TileConfig}}; written atomically."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def _read(self) -> dict:
+        try:
+            return json.loads(self.path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+            return {}  # missing or corrupt: tune again
+
+    def get(self, graph_hash: str, key: str) -> TileConfig | None:
+        entry = self._read().get(key, {}).get(graph_hash)
+        try:
+            return TileConfig(**entry) if entry else None
+        except TypeError:
+            return None
+
+    def put(self, graph_hash: str, key: str, config: TileConfig) -> None:
+        table = self._read()  # merge with what other processes wrote meanwhile
+        table.setdefault(key, {})[graph_hash] = asdict(config)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".autotune.", dir=self.path.parent)
+        with os.fdopen(fd, "w") as f:
+            json.dump(table, f, indent=1, sort_keys=True)
+        os.replace(tmp, self.path)
+
+
+def choose(
+    table: TuningTable,
+    graph_hash: str,
+    key: str,
+    configs: tuple[TileConfig, ...],
+    time_config: Callable[[TileConfig], float],
+) -> TileConfig:
+    """The persisted choice for `key`, or time every candidate, persist and return the fastest.
+    A candidate that fails to compile or launch (too much shared memory) is skipped."""
+    chosen = table.get(graph_hash, key)
+    if chosen is not None:
+        return chosen
+    timings = {}
+    for config in configs:
+        try:
+            timings[config] = time_config(config)
+        except Exception:  # out of resources for this tile size: not a candidate
+            continue
+    if not timings:
+        raise RuntimeError(f"no tile configuration of {len(configs)} could run for {key}")
+    best = min(timings, key=timings.get)
+    table.put(graph_hash, key, best)
+    return best

@@ -1,0 +1,284 @@
+"""The forward kernel suite of SPEC 7 (`genomec bench`, `benchmarks/kernels.py`).
+
+With a CUDA GPU, per genome, shape and dtype: ours (fused Triton) against the eager
+reference executor, `torch.compile` of it, FlexAttention where the genome is
+`softmax(score_mod(QK^T))V`, and SDPA for standard attention; median of CUDA-event
+timings, TFLOP/s (4*B*H*N^2*d), peak memory.
+
+Without one it cannot time kernels, and says so: it reports instead, per genome, the front
+end (parse, passes, schedule, codegen), the generated source size, and the ahead-of-time
+compile time and resources of every kernel for sm_90.
+
+Results: JSON (GPU or CPU, versions, date), a Markdown table and a PNG plot.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+GENOMES = ROOT / "genomes"
+
+# (label, genome file, layer or None): the suite of SPEC 7; the paper's model contributes
+# its distinct attention graphs.
+SUITE = [
+    ("standard", "standard-attention.json"),
+    ("autobert-zero", "autobert-zero.json"),
+    ("cosine", "cosine-attention.json"),
+    ("euclidean", "euclidean-attention.json"),
+    ("sigmoid", "sigmoid-attention.json"),
+    ("logsigmoid", "logsigmoid-attention.json"),
+    ("softsign", "softsign-attention.json"),
+    ("max-of-two-maps", "max-of-two-maps.json"),
+    ("linear-attention", "linear-attention.json"),
+]
+GPU_SHAPES = [(4, 16, n, d) for d in (64, 128) for n in (1024, 2048, 4096, 8192, 16384)]
+GPU_DTYPES = ("bf16", "fp16")
+
+
+def suite_graphs(distinct_graphs, files=None):
+    """[(label, path, GraphEntry)] for the suite (or the given genome files);
+    `distinct_graphs` is `genomec.api.distinct_graphs`."""
+    from genomec.genome import load_genome
+
+    items = [(Path(f).stem, Path(f)) for f in files] if files else [(label, GENOMES / name) for label, name in SUITE]
+    graphs = []
+    for label, path in items:
+        entries = distinct_graphs(load_genome(path))
+        for entry in entries:
+            name = label if len(entries) == 1 else f"{label} layer {','.join(map(str, entry.layers))}"
+            graphs.append((name, path, entry))
+    return graphs
+
+
+def environment() -> dict:
+    import torch
+    from importlib.metadata import version
+
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "gpu": gpu,
+        "cpu": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "triton": version("triton"),
+        "genomec": version("genomec"),
+    }
+
+
+# -- without a GPU: front end and ahead-of-time compilation ----------------------------
+
+
+def frontend_ms(path: Path, entry, repeat: int = 20) -> float:
+    """Median time of parse + passes + schedule + codegen of one graph, in ms."""
+    from genomec.codegen.generate import generate
+    from genomec.codegen.schedule import schedule
+    from genomec.genome import loads_genome
+    from genomec.genome.parse import attention_to_json
+    from genomec.ir import lower
+
+    text = json.dumps(attention_to_json(entry.genome, "expr"))
+    samples = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        compiled = lower(loads_genome(text))
+        if schedule(compiled.simplified).fused:
+            generate(compiled)
+        samples.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(samples)
+
+
+def run_cpu(graphs, out_dir: Path, aot: bool = True, arch: str = "sm_90", dtype: str = "bf16", head_dim: int = 64, progress=print) -> dict:
+    from genomec.codegen.aot import compile_ahead_of_time
+    from genomec.codegen.generate import generate
+    from genomec.codegen.schedule import schedule
+
+    rows = []
+    modules_dir = Path(tempfile.mkdtemp(prefix="genomec-bench-"))  # the AOT compiler reads modules from files
+    for name, path, entry in graphs:
+        sched = schedule(entry.compiled.simplified)
+        row = {"genome": name, "hash": entry.compiled.hash, "fused": sched.fused, "frontend_ms": round(frontend_ms(path, entry), 3)}
+        if sched.fused:
+            generated = generate(entry.compiled)
+            row["source_bytes"] = len(generated.source.encode())
+            module_path = modules_dir / f"{generated.hash}.py"
+            module_path.write_text(generated.source)
+            if aot:
+                resources = compile_ahead_of_time(generated, module_path, arch=arch, dtype=dtype, head_dim=head_dim)
+                row["kernels"] = [
+                    {"name": r.name, "registers": r.registers, "spills": r.spills, "shared_bytes": r.shared_bytes,
+                     "compile_s": round(r.compile_seconds, 3)}
+                    for r in resources
+                ]
+                row["aot_compile_s"] = round(sum(r.compile_seconds for r in resources), 3)
+        else:
+            row["reason"] = sched.reason
+        progress(f"{name}: front end {row['frontend_ms']:.2f} ms" + (f", AOT {row.get('aot_compile_s', 0):.2f} s" if aot and sched.fused else ""))
+        rows.append(row)
+    return {
+        "mode": "cpu",
+        "note": "no CUDA GPU: kernels were not timed; reported instead: front-end time, generated source size, "
+        f"ahead-of-time compile time and per-kernel resources ({arch}, {dtype}, head dim {head_dim})",
+        "rows": rows,
+    }
+
+
+def cpu_markdown(result: dict) -> str:
+    lines = [f"_{result['note']}_", "", "| genome | hash | fused | front end (ms) | source (B) | AOT (s) | kernels: registers / spills / shared |",
+             "|---|---|---|---:|---:|---:|---|"]
+    for r in result["rows"]:
+        kernels = "; ".join(f"{k['name']}: {k['registers']} / {k['spills']} / {k['shared_bytes']}" for k in r.get("kernels", []))
+        lines.append(
+            f"| {r['genome']} | {r['hash']} | {'yes' if r['fused'] else 'no (reference)'} | {r['frontend_ms']:.2f} | "
+            f"{r.get('source_bytes', '-')} | {r.get('aot_compile_s', '-')} | {kernels or r.get('reason', '-')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+# -- with a GPU: timed forward against the baselines --------------------------------------
+
+
+def _flex_score_mod(entry):
+    """A FlexAttention score_mod when the graph is softmax(c * q k^T) v (c: scale/neg
+    chain on the raw inputs), else None."""
+    ir = entry.compiled.simplified
+    ops = [n.op for _, n in ir.nodes() if n.op != "input"]
+    if ops in (["transpose", "matmul", "scale", "softmax", "matmul"],) and ir.inputs == ("q", "k", "v"):
+        return "scale"
+    return None
+
+
+def _time_cuda(fn, warmup: int = 3, repeat: int = 10) -> tuple[float, int]:
+    """(median ms over CUDA events, peak bytes allocated during one call)."""
+    import torch
+
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeat):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return statistics.median(times), torch.cuda.max_memory_allocated() - base
+
+
+def run_gpu(graphs, shapes=GPU_SHAPES, dtypes=GPU_DTYPES, progress=print) -> dict:
+    import torch
+
+    from genomec.ir import execute
+    from genomec.runtime import load
+
+    torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    rows = []
+    for name, path, entry in graphs:
+        module = load(entry.compiled)
+        ir = entry.compiled.simplified
+        compiled_ref = torch.compile(lambda q, k, v, ir=ir: execute(ir, q, k, v))
+        for dtype in dtypes:
+            for b, h, n, d in shapes:
+                q, k, v = (torch.randn(b, h, n, d, device="cuda", dtype=torch_dtype[dtype]) for _ in range(3))
+                flops = 4 * b * h * n * n * d
+                candidates = {
+                    "ours": lambda: module.launch(q, k, v),
+                    "eager": lambda: execute(ir, q, k, v),
+                    "torch.compile": lambda: compiled_ref(q, k, v),
+                }
+                if _flex_score_mod(entry):
+                    from torch.nn.attention.flex_attention import flex_attention
+
+                    flex = torch.compile(flex_attention)
+                    candidates["flex"] = lambda: flex(q, k, v)
+                    candidates["sdpa"] = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v)
+                for impl, fn in candidates.items():
+                    row = {"genome": name, "hash": entry.compiled.hash, "impl": impl, "dtype": dtype, "B": b, "H": h, "N": n, "d": d}
+                    try:
+                        ms, peak = _time_cuda(fn)
+                        row.update(ms=round(ms, 4), tflops=round(flops / ms / 1e9, 2), peak_bytes=peak)
+                    except Exception as e:  # out of memory for the [N,N] baselines at long N
+                        row.update(error=f"{type(e).__name__}: {str(e)[:120]}")
+                        torch.cuda.empty_cache()
+                    rows.append(row)
+                progress(f"{name} {dtype} N={n} d={d}: " + ", ".join(f"{r['impl']} {r.get('ms', 'fail')}" for r in rows[-len(candidates):]))
+    return {"mode": "gpu", "rows": rows}
+
+
+def gpu_markdown(result: dict) -> str:
+    lines = ["| genome | dtype | N | d | impl | ms | TFLOP/s | peak MiB |", "|---|---|---:|---:|---|---:|---:|---:|"]
+    for r in result["rows"]:
+        peak = f"{r['peak_bytes'] / 2**20:.1f}" if "peak_bytes" in r else "-"
+        lines.append(f"| {r['genome']} | {r['dtype']} | {r['N']} | {r['d']} | {r['impl']} | {r.get('ms', r.get('error'))} | {r.get('tflops', '-')} | {peak} |")
+    return "\n".join(lines) + "\n"
+
+
+# -- driver ----------------------------------------------------------------------------
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if result["mode"] == "cpu":
+        rows = result["rows"]
+        names = [r["genome"] for r in rows]
+        fig, (front, aot) = plt.subplots(1, 2, figsize=(12, 4))
+        front.bar(range(len(rows)), [r["frontend_ms"] for r in rows])
+        front.axhline(20.0, color="red", linestyle="--", label="SPEC 7 target: 20 ms")
+        front.set_ylabel("ms")
+        front.set_title("front end: parse, passes, schedule, codegen")
+        front.legend()
+        aot.bar(range(len(rows)), [r.get("aot_compile_s", 0) for r in rows], color="tab:orange")
+        aot.set_ylabel("s")
+        aot.set_title("ahead-of-time compile for sm_90 (no GPU)")
+        for ax in (front, aot):
+            ax.set_xticks(range(len(rows)), names, rotation=45, ha="right", fontsize=7)
+    else:
+        fig, ax = plt.subplots(figsize=(12, 4))
+        timed = [r for r in result["rows"] if "tflops" in r]
+        for impl in sorted({r["impl"] for r in timed}):
+            rows = [r for r in timed if r["impl"] == impl]
+            ax.plot(range(len(rows)), [r["tflops"] for r in rows], marker="o", label=impl)
+        ax.set_ylabel("TFLOP/s")
+        ax.set_xlabel("(genome, dtype, N, d) in suite order")
+        ax.set_title("forward throughput")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_suite(graphs, out_dir: str | Path, aot: bool = True, progress=print) -> dict:
+    """Run the suite over `graphs` (from suite_graphs) on a GPU if there is one; write
+    results.json, results.md, results.png."""
+    import torch
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if torch.cuda.is_available():
+        result = run_gpu(graphs, progress=progress)
+        table = gpu_markdown(result)
+    else:
+        progress("no CUDA GPU: reporting front-end time, source size and ahead-of-time compilation instead of kernel timings")
+        result = run_cpu(graphs, out_dir, aot=aot, progress=progress)
+        table = cpu_markdown(result)
+    result["environment"] = environment()
+    (out_dir / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out_dir / "results.md").write_text(table)
+    plot(result, out_dir / "results.png")
+    return result

@@ -1,0 +1,151 @@
+"""The on-disk kernel cache (SPEC 3, Runtime).
+
+An entry is a directory `<root>/<graph hash>-<key>/` holding the generated module
+`kernels.py` and `entry.json` (what was generated, for which versions and options, and the
+SHA-256 of the module). The key hashes (IR hash, generator version and fingerprint,
+Triton version, options). Entries are built in a private temporary directory and renamed into place, so a
+reader never sees half an entry and two processes building the same genome both succeed:
+the first rename wins, the loser uses the winner's entry. An entry that fails its checks
+(unreadable JSON, missing module, checksum mismatch) is moved aside and rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from genomec.codegen.generate import GeneratedModule, KernelInterface, generate, generator_fingerprint
+from genomec.ir import Compiled
+
+ENTRY_FILE, MODULE_FILE = "entry.json", "kernels.py"
+
+
+def default_root() -> Path:
+    """GENOMEC_CACHE_DIR, else $XDG_CACHE_HOME/genomec/kernels, else ~/.cache/genomec/kernels."""
+    if os.environ.get("GENOMEC_CACHE_DIR"):
+        return Path(os.environ["GENOMEC_CACHE_DIR"])
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "genomec" / "kernels"
+
+
+def triton_version() -> str:
+    from importlib.metadata import version
+
+    return version("triton")  # without importing triton (and fixing its interpreter mode)
+
+
+class CorruptEntry(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    path: Path
+    hash: str
+    kernels: tuple[KernelInterface, ...]
+    column_softmaxes: int
+    reductions: int
+    causal: bool
+
+    @property
+    def module_path(self) -> Path:
+        return self.path / MODULE_FILE
+
+
+class KernelCache:
+    def __init__(self, root: str | Path | None = None):
+        self.root = Path(root) if root is not None else default_root()
+
+    def key(self, graph_hash: str, options: dict | None = None) -> str:
+        text = json.dumps(
+            {"hash": graph_hash, "generator": generator_fingerprint(), "triton": triton_version(), "options": options or {}},
+            sort_keys=True,
+        )
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def entry_path(self, graph_hash: str, options: dict | None = None) -> Path:
+        return self.root / f"{graph_hash}-{self.key(graph_hash, options)}"
+
+    # -- reading ------------------------------------------------------------------------
+
+    def lookup(self, graph_hash: str, options: dict | None = None) -> CacheEntry | None:
+        """The valid entry, None if there is none; a corrupt one is moved aside."""
+        path = self.entry_path(graph_hash, options)
+        if not path.exists():
+            return None
+        try:
+            return _read_entry(path, graph_hash)
+        except CorruptEntry:
+            self._discard(path)
+            return None
+
+    def _discard(self, path: Path) -> None:
+        aside = path.with_name(f".corrupt-{path.name}-{os.getpid()}-{os.urandom(4).hex()}")
+        try:
+            os.rename(path, aside)  # atomic: readers see the entry or nothing
+        except FileNotFoundError:
+            return  # another process discarded it first
+        shutil.rmtree(aside, ignore_errors=True)
+
+    # -- writing ------------------------------------------------------------------------
+
+    def get_or_build(self, compiled: Compiled, options: dict | None = None) -> CacheEntry:
+        """The entry for a lowered graph, generating and storing it when missing or corrupt."""
+        entry = self.lookup(compiled.hash, options)
+        if entry is not None:
+            return entry
+        generated = generate(compiled)
+        return self.store(generated, options)
+
+    def store(self, generated: GeneratedModule, options: dict | None = None) -> CacheEntry:
+        path = self.entry_path(generated.hash, options)
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".build-{path.name}-", dir=self.root))
+        try:
+            source = generated.source.encode()
+            (tmp / MODULE_FILE).write_bytes(source)
+            meta = {
+                "hash": generated.hash,
+                "generator": generator_fingerprint(),
+                "triton": triton_version(),
+                "options": options or {},
+                "module_sha256": hashlib.sha256(source).hexdigest(),
+                "kernels": [asdict(k) for k in generated.kernels],
+                "column_softmaxes": len(generated.schedule.column_softmaxes),
+                "reductions": len(generated.schedule.reductions),
+                "causal": generated.schedule.ir.causal,
+            }
+            (tmp / ENTRY_FILE).write_text(json.dumps(meta, indent=1))
+            for f in (MODULE_FILE, ENTRY_FILE):
+                with open(tmp / f, "rb") as fh:
+                    os.fsync(fh.fileno())
+            try:
+                os.rename(tmp, path)
+            except OSError:
+                pass  # another process stored it first (the target exists and is not empty)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        entry = self.lookup(generated.hash, options)
+        if entry is None:  # the winner's entry was corrupt and just discarded: store ours again
+            return self.store(generated, options)
+        return entry
+
+
+def _read_entry(path: Path, graph_hash: str) -> CacheEntry:
+    try:
+        meta = json.loads((path / ENTRY_FILE).read_text())
+        source = (path / MODULE_FILE).read_bytes()
+        if meta["hash"] != graph_hash or hashlib.sha256(source).hexdigest() != meta["module_sha256"]:
+            raise CorruptEntry(f"{path}: checksum mismatch")
+        kernels = tuple(
+            KernelInterface(k["name"], tuple(k["params"]), tuple(k["constexprs"]), bool(k["per_query_block"]))
+            for k in meta["kernels"]
+        )
+        return CacheEntry(path, graph_hash, kernels, int(meta["column_softmaxes"]), int(meta["reductions"]), bool(meta["causal"]))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CorruptEntry(f"{path}: {e}") from None

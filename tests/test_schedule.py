@@ -1,0 +1,121 @@
+"""The scheduler: index-space classes, stages and passes per zoo genome, the fallback with
+its reason, and what the generated source may store (never a [N,N] value)."""
+
+import re
+
+import pytest
+import torch
+
+from conftest import zoo_files
+from genomec.codegen import generate, schedule
+from genomec.codegen.emit import ZERO_PRESERVING
+from genomec.genome import attention_graphs, load_genome, parse_genome
+from genomec.genome.ops import OPS
+from genomec.ir import lower
+
+
+def plan(expr, causal=False):
+    return schedule(lower(parse_genome({"expr": expr, "causal": causal})).simplified)
+
+
+def zoo_schedule(stem):
+    (graph,) = {lower(g).hash: g for g in attention_graphs(load_genome(f"genomes/{stem}.json"))}.values()
+    return schedule(lower(graph).simplified)
+
+
+# genome -> (kernels, passes of the attention kernel)
+EXPECTED = {
+    "standard-attention": (["attention_fwd"], ["online"]),
+    "causal-attention": (["attention_fwd"], ["online"]),
+    "cosine-attention": (["attention_fwd"], ["online"]),
+    "euclidean-attention": (["attention_fwd"], ["online"]),
+    "sigmoid-attention": (["attention_fwd"], ["accumulate"]),
+    "relu-attention": (["attention_fwd"], ["accumulate"]),
+    "sqrt-after-softmax": (["attention_fwd"], ["statistics", "accumulate"]),
+    "max-of-two-maps": (["attention_fwd"], ["statistics", "accumulate"]),
+    "differential-attention": (["attention_fwd"], ["statistics", "accumulate"]),
+    "linear-attention": (["reduce_tokens", "attention_fwd"], []),
+    "efficient-attention": (["reduce_tokens", "attention_fwd"], []),
+}
+
+
+@pytest.mark.parametrize("stem", sorted(EXPECTED))
+def test_zoo_stages_and_passes(stem):
+    sched = zoo_schedule(stem)
+    kernels, passes = EXPECTED[stem]
+    assert sched.fused
+    assert [k.name for k in sched.kernels] == kernels
+    assert sched.attention.passes == passes
+    assert [s["kernel"] for s in sched.stages()] == kernels
+
+
+def test_paper_graphs_are_fused_with_online_softmax():
+    for graph in attention_graphs(load_genome("genomes/autobert-zero.json")):
+        sched = schedule(lower(graph).simplified)
+        assert sched.fused and sched.attention.passes == ["online"], sched.reason
+
+
+def test_two_hop_falls_back_naming_the_node():
+    sched = zoo_schedule("two-hop-attention")
+    assert not sched.fused
+    assert "matmul" in sched.reason and "pair" in sched.reason and sched.reason.startswith("node 't8'")
+
+
+@pytest.mark.parametrize(
+    "expr,why",
+    [
+        ("matmul(softmax(transpose(matmul(q, transpose(k)))), v)", "transpose"),  # keys become queries
+        ("matmul(softmax(matmul(matmul(softmax(matmul(q, transpose(k))), v), transpose(k))), v)", "second stage"),
+        ("transpose(matmul(transpose(v), softmax(matmul(q, transpose(k)))))", "not fusable"),  # sums over queries
+    ],
+)
+def test_outside_the_fused_class(expr, why):
+    sched = plan(expr)
+    assert not sched.fused and why in sched.reason
+
+
+def test_causal_needs_a_row_local_graph():
+    assert plan("matmul(sigmoid(q), matmul(transpose(sigmoid(k)), v))").fused
+    sched = plan("matmul(sigmoid(q), matmul(transpose(sigmoid(k)), v))", causal=True)
+    assert not sched.fused and "row-local" in sched.reason
+
+
+def test_softmax_of_a_softmax_gets_two_statistics_passes():
+    sched = plan("matmul(softmax(sigmoid(softmax(matmul(q, transpose(k))))), v)")
+    assert sched.attention.passes == ["statistics", "statistics", "accumulate"]
+
+
+def test_linear_ops_after_softmax_stay_online():
+    sched = plan("matmul(neg(scale(softmax(matmul(q, transpose(k))))), v)")
+    assert sched.attention.passes == ["online"]
+
+
+@pytest.mark.parametrize("path", zoo_files(), ids=lambda p: p.stem)
+def test_generated_kernels_store_no_pair_values(path):
+    """[N,N] values live in registers: the only stores are the output, the [d,d] global
+    values and the column statistics."""
+    for graph in attention_graphs(load_genome(path)):
+        compiled = lower(graph)
+        if not schedule(compiled.simplified).fused:
+            continue
+        source = generate(compiled).source
+        stored = set(re.findall(r"tl\.store\((\w+)", source))
+        assert stored <= {"out_ptr", "global_ptr", "stats_ptr"}, stored
+        assert "_ij" not in "".join(re.findall(r"tl\.store\([^\n]*", source))
+
+
+def test_zero_preserving_ops_map_zero_to_zero():
+    """The emitter skips head-dim masking after these ops; the registry must agree."""
+    zero = torch.zeros(2, 3)
+    for name in ZERO_PRESERVING:
+        op = OPS[name]
+        out = op.reference(*([zero] * op.arity), head_dim=4, mask=None)
+        assert (out == 0).all(), name
+    for name, op in OPS.items():
+        if op.elementwise and name not in ZERO_PRESERVING:
+            assert not (op.reference(*([zero] * op.arity), head_dim=4, mask=None) == 0).all(), name
+
+
+def test_every_elementwise_op_has_a_triton_spelling():
+    for name, op in OPS.items():
+        assert (op.triton is not None) == op.elementwise, name

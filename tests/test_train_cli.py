@@ -1,0 +1,210 @@
+"""`genomec train mlm|glue` end to end on tiny models: the loss falls, the output is a
+Hugging Face model directory, an interrupted run resumes exactly, bad input exits 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from genomec.cli import main
+from genomec.data import DataError, train_wordpiece
+from genomec.models.training import Checkpoints, MLMSettings, train_mlm
+
+TINY_GENOME = {
+    "name": "tiny",
+    "config": {"hidden_size": 32, "num_heads": 2, "intermediate_size": 64},
+    "layers": [
+        {"type": "conv", "kernel_size": 3},
+        {"type": "attention", "graph": {"expr": "matmul(softmax(scale(matmul(q,transpose(k)))),v)"}},
+    ],
+}
+
+SENTENCES = [
+    "the cat sat on the mat and the dog sat on the log",
+    "a bird sang in the tree while the cat slept on the mat",
+    "dogs and cats are animals and birds are animals too",
+    "the dog ran to the tree and the bird flew away",
+]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    (root / "genome.json").write_text(json.dumps(TINY_GENOME))
+    (root / "corpus.txt").write_text("\n\n".join(SENTENCES * 40))
+    return root
+
+
+def mlm_args(workspace, out, *extra):
+    return [
+        "train", "mlm", "--genome", str(workspace / "genome.json"), "--corpus", str(workspace / "corpus.txt"),
+        "--out", str(out), "--seq-len", "16", "--batch-size", "8", "--vocab-size", "100", "--no-progress", *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def pretrained(workspace):
+    """A tiny model pre-trained by the CLI: (its directory, the JSON it printed)."""
+    out = workspace / "mlm"
+    code = main(mlm_args(workspace, out, "--steps", "60", "--lr", "5e-3", "--json"))
+    assert code == 0
+    return out
+
+
+def last_json_line(text: str) -> dict:
+    return json.loads(text.strip().splitlines()[-1])
+
+
+def test_tiny_mlm_run_lowers_the_loss_and_writes_a_model(workspace, pretrained, capsys):
+    # rerunning a finished run reports its results again without training
+    assert main(mlm_args(workspace, pretrained, "--steps", "60", "--lr", "5e-3", "--json")) == 0
+    captured = capsys.readouterr()
+    results = last_json_line(captured.out)
+    assert "already holds this finished run" in captured.err
+    assert results["steps"] == 60 and results["tokens_per_second"] > 0
+    assert results["initial_loss"] > 4.0  # about ln(vocab) before training
+    assert results["final_loss"] < results["initial_loss"] - 1.0
+    assert results["train_loss_last"] < results["train_loss_first"]
+
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    model = AutoModelForMaskedLM.from_pretrained(pretrained)
+    tokenizer = AutoTokenizer.from_pretrained(pretrained)
+    assert type(model).__name__ == "GenomeBertForMaskedLM" and model.config.genome["name"] == "tiny"
+    assert model.config.vocab_size == len(tokenizer)
+    assert not (pretrained / "checkpoints").exists()
+
+
+def test_an_interrupted_run_resumes_from_its_checkpoint_exactly(workspace, tmp_path):
+    settings = MLMSettings(seq_len=16, batch_size=8, vocab_size=100, learning_rate=3e-3, checkpoint_every=4)
+    corpus, genome = workspace / "corpus.txt", workspace / "genome.json"
+    # One tokenizer for both runs: WordPiece training breaks frequency ties differently
+    # from run to run (a resumed run reuses the tokenizer it saved).
+    train_wordpiece(SENTENCES, vocab_size=100).save_pretrained(tmp_path / "tokenizer")
+    run = dict(corpus=corpus, tokenizer_dir=tmp_path / "tokenizer", settings=settings, progress=False)
+    straight = train_mlm(genome, tmp_path / "straight", 10, **run)
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_at_step_7(step, loss):
+        if step == 7:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train_mlm(genome, tmp_path / "resumed", 10, on_step=stop_at_step_7, **run)
+    checkpoints = sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").glob("checkpoint-*.pt"))
+    assert checkpoints == ["checkpoint-00000004.pt"]
+    resumed = train_mlm(genome, tmp_path / "resumed", 10, **run)
+    assert resumed["resumed_from"] == 4 and straight["resumed_from"] is None
+    for key in ("initial_loss", "final_loss", "final_accuracy", "train_loss_last", "train_tokens"):
+        assert resumed[key] == straight[key], key
+
+
+def test_resuming_with_other_settings_is_refused(workspace, tmp_path, capsys):
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "run.json").write_text(json.dumps({"task": "mlm", "steps": 5}))
+    assert main(mlm_args(workspace, out, "--steps", "3")) == 2
+    assert "holds an unfinished run with other settings" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [(b"", "the corpus is empty"), (b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR", "not a text file (binary data)")],
+)
+def test_bad_corpus_exits_2_with_one_clear_line(workspace, tmp_path, capsys, content, message):
+    corpus = tmp_path / "bad.txt"
+    corpus.write_bytes(content)
+    args = mlm_args(workspace, tmp_path / "out", "--steps", "2")
+    args[args.index("--corpus") + 1] = str(corpus)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"genomec train: {corpus}: {message}" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()  # nothing written for bad input
+
+
+def test_an_unreadable_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    checkpoints = Checkpoints(tmp_path, keep=2)
+    for step in (4, 8, 12):
+        checkpoints.save(step, {"step": step, "weights": torch.full((3,), float(step))})
+    assert [p.name for p in checkpoints.paths()] == ["checkpoint-00000008.pt", "checkpoint-00000012.pt"]
+    (tmp_path / "checkpoint-00000012.pt").write_bytes(b"truncated")
+    messages = []
+    assert checkpoints.latest(messages.append)["step"] == 8
+    assert "checkpoint-00000012.pt is unreadable" in messages[0]
+    (tmp_path / "checkpoint-00000008.pt").write_bytes(b"")
+    with pytest.raises(DataError, match="no readable checkpoint"):
+        checkpoints.latest(messages.append)
+
+
+def write_sst2(root: Path, train_rows, dev_rows):
+    (root / "SST-2").mkdir(parents=True, exist_ok=True)
+    (root / "SST-2" / "train.tsv").write_text("sentence\tlabel\n" + "\n".join(train_rows) + "\n")
+    (root / "SST-2" / "dev.tsv").write_text("sentence\tlabel\n" + "\n".join(dev_rows) + "\n")
+
+
+def test_glue_fine_tuning_reports_the_task_metric(pretrained, tmp_path, capsys):
+    positive = ["the cat sat on the mat", "the bird sang in the tree", "the dog sat on the log"]
+    negative = ["cats and dogs ran away", "animals flew away too", "birds are animals"]
+    rows = [f"{s}\t1" for s in positive] + [f"{s}\t0" for s in negative]
+    write_sst2(tmp_path / "glue", rows * 4, rows)
+    out = tmp_path / "sst2"
+    args = ["train", "glue", "--task", "SST-2", "--data", str(tmp_path / "glue"), "--model", str(pretrained),
+            "--out", str(out), "--steps", "6", "--batch-size", "8", "--lr", "1e-3", "--no-progress", "--json"]
+    assert main(args) == 0
+    results = last_json_line(capsys.readouterr().out)
+    assert results["task"] == "sst2" and results["main_metric"] == "accuracy"
+    assert results["score"] == results["metrics"]["dev"]["accuracy"]
+    assert results["score"] in {k / 6 for k in range(7)}  # accuracy over the 6 dev rows
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(out)
+    assert model.config.num_labels == 2 and model.config.problem_type == "single_label_classification"
+
+
+def test_glue_regression_task_reports_correlations(pretrained, tmp_path, capsys):
+    header = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore"
+    pairs = [("the cat sat", "the cat sat", 5.0), ("the cat sat", "a bird sang", 1.0), ("the dog ran", "the dog ran away", 4.0)]
+    rows = [f"{i}\tm\tf\t2012\t{i}\tn\tn\t{a}\t{b}\t{s}" for i, (a, b, s) in enumerate(pairs)]
+    (tmp_path / "STS-B").mkdir()
+    (tmp_path / "STS-B" / "train.tsv").write_text("\n".join([header] + rows * 4) + "\n")
+    (tmp_path / "STS-B" / "dev.tsv").write_text("\n".join([header] + rows) + "\n")
+    args = ["train", "glue", "--task", "STS-B", "--data", str(tmp_path), "--model", str(pretrained),
+            "--out", str(tmp_path / "out"), "--steps", "3", "--batch-size", "4", "--no-progress", "--json"]
+    assert main(args) == 0
+    results = last_json_line(capsys.readouterr().out)
+    assert results["main_metric"] == "spearman" and set(results["metrics"]["dev"]) == {"pearson", "spearman"}
+    assert -1.0 <= results["score"] <= 1.0
+
+
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda root: None, "no such GLUE directory"),
+        (lambda root: (root / "glue").mkdir(), "no SST-2/ folder"),
+        (lambda root: write_sst2(root / "glue", ["good\t1"], []) or (root / "glue" / "SST-2" / "dev.tsv").unlink(), "dev.tsv: missing GLUE file"),
+        (lambda root: write_sst2(root / "glue", ["good\t1", "no label here"], ["fine\t1"]), "train.tsv:3: expected 2 tab-separated fields, got 1"),
+    ],
+)
+def test_bad_glue_directory_exits_2_with_one_clear_line(pretrained, tmp_path, capsys, setup, message):
+    setup(tmp_path)
+    args = ["train", "glue", "--task", "sst2", "--data", str(tmp_path / "glue"), "--model", str(pretrained), "--steps", "1", "--no-progress"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.startswith("genomec train: ") and "Traceback" not in err
+
+
+def test_commands_that_need_no_model_do_not_import_transformers():
+    genome = Path(__file__).resolve().parents[1] / "genomes" / "standard-attention.json"
+    script = (
+        "import sys; from genomec.cli import main; code = main(['check', %r]); "
+        "assert 'transformers' not in sys.modules, 'genomec check imported transformers'; sys.exit(code)" % str(genome)
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
