@@ -5,10 +5,10 @@
        mixer = attention (the layer's graph per head) | light convolution
     -> heads: masked LM (tied to the word embeddings) or sequence classification
 
-Padding (attention_mask 0) never changes a real token's output: attention graphs run
-with the executor's delete-the-padded-tokens semantics, convolutions see zeros in place
-of padded tokens, and position ids count real tokens only (so left and right padding give
-the same positions). Everything else is per token.
+Padding (attention_mask 0) never changes a real token's output, wherever the padded
+tokens are: attention graphs run with the executor's delete-the-padded-tokens semantics,
+convolutions run on the real tokens moved together, and position ids count real tokens
+only. Everything else is per token.
 """
 
 from __future__ import annotations
@@ -95,8 +95,9 @@ class GenomeAttention(nn.Module):
 
 class LightConv(nn.Module):
     """SPEC 6.2 "light": Linear(H -> 2H) + GLU, depthwise conv over tokens (same padding),
-    Linear(H -> H). Padded tokens are zeroed before the convolution, so with real tokens
-    contiguous (left or right padding) they act exactly like the conv's own zero padding."""
+    Linear(H -> H). Padding follows SPEC 2.4 exactly, wherever the padded tokens are: the
+    real tokens are moved to the front in order (as if the padded ones were deleted),
+    convolved with zeros after them, and moved back."""
 
     def __init__(self, config: GenomeBertConfig, kernel_size: int):
         super().__init__()
@@ -107,10 +108,13 @@ class LightConv(nn.Module):
 
     def forward(self, x: torch.Tensor, real: torch.Tensor | None) -> torch.Tensor:
         h = nn.functional.glu(self.input_projection(x), dim=-1)
-        if real is not None:
-            h = h.masked_fill(~real[..., None], 0.0)
-        h = self.depthwise(h.transpose(1, 2)).transpose(1, 2)
-        return self.output_projection(h)
+        if real is None:
+            return self.output_projection(self.depthwise(h.transpose(1, 2)).transpose(1, 2))
+        order = torch.argsort((~real).to(torch.uint8), dim=1, stable=True)  # real tokens first, in order
+        gather_index = order[..., None].expand_as(h)
+        compact = h.gather(1, gather_index).masked_fill(~real.gather(1, order)[..., None], 0.0)
+        mixed = self.depthwise(compact.transpose(1, 2)).transpose(1, 2)
+        return self.output_projection(torch.empty_like(mixed).scatter(1, gather_index, mixed))
 
 
 # -- layers --------------------------------------------------------------------------------------

@@ -50,7 +50,7 @@ def tiny_config(**overrides) -> GenomeBertConfig:
 # -- padding never changes a real token's output --------------------------------------------------
 
 
-@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("side", ["right", "left", "scattered"])
 def test_padding_does_not_change_real_tokens(side):
     torch.manual_seed(0)
     model = GenomeBertForSequenceClassification(tiny_config(num_labels=3)).double().eval()
@@ -61,7 +61,10 @@ def test_padding_does_not_change_real_tokens(side):
     ids = torch.randint(5, 60, (len(lengths), padded_length))
     mask = torch.zeros(len(lengths), padded_length, dtype=torch.long)
     for row, seq in enumerate(sequences):
-        where = slice(0, len(seq)) if side == "right" else slice(padded_length - len(seq), padded_length)
+        if side == "scattered":  # padded tokens between real ones, at seeded random places
+            where = torch.randperm(padded_length)[: len(seq)].sort().values
+        else:
+            where = slice(0, len(seq)) if side == "right" else slice(padded_length - len(seq), padded_length)
         ids[row, where], mask[row, where] = seq, 1
     batched_hidden = encoder(ids, attention_mask=mask).last_hidden_state
     batched_logits = model(ids, attention_mask=mask).logits
