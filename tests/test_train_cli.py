@@ -102,8 +102,12 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_exactly(workspace, tmp_p
     assert checkpoints == ["checkpoint-00000004.pt"]
     resumed = train_mlm(genome, tmp_path / "resumed", 10, **run)
     assert resumed["resumed_from"] == 4 and straight["resumed_from"] is None
-    for key in ("initial_loss", "final_loss", "final_accuracy", "train_loss_last", "train_tokens"):
-        assert resumed[key] == straight[key], key
+    assert resumed["train_tokens"] == straight["train_tokens"]
+    # Same batches, masks, dropout and optimizer state; the losses agree to float rounding
+    # (bitwise once alone, but a full-suite run once differed in a late digit). A resume that
+    # skipped or repeated a step, or lost the optimizer state, differs by far more.
+    for key in ("initial_loss", "final_loss", "final_accuracy", "train_loss_last"):
+        assert resumed[key] == pytest.approx(straight[key], rel=1e-5, abs=1e-7), key
 
 
 def test_resuming_with_other_settings_is_refused(workspace, tmp_path, capsys):
