@@ -1,4 +1,4 @@
-"""The forward kernel suite of SPEC 7; results go to benchmarks/results/ by default.
+"""The kernel suite of SPEC 7, forward and forward+backward; results go to benchmarks/results/ by default.
 
     python benchmarks/kernels.py [-o DIR] [GENOME ...]
 

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .backward import FP32_BUFFERS
 from .generate import GeneratedModule, KernelInterface
 from .tiles import DOT_PRECISION, head_dim_pad
 
@@ -52,7 +53,7 @@ def _signature(kernel: KernelInterface, dtype: str) -> dict[str, str]:
             types[p] = "i32"
         elif p == "mask_ptr":
             types[p] = "*i8"
-        elif p in ("global_ptr", "stats_ptr"):
+        elif p in ("global_ptr", "stats_ptr") or p in FP32_BUFFERS:
             types[p] = "*fp32"
         else:
             types[p] = "*" + DTYPES[dtype]
@@ -75,6 +76,7 @@ def _constants(kernel: KernelInterface, dtype: str, head_dim: int, config, causa
         IS_CAUSAL=causal,
         DOT_DTYPE={"fp32": tl.float32, "fp16": tl.float16, "bf16": tl.bfloat16}[dtype],
         DOT_PRECISION=DOT_PRECISION[dtype],
+        SAVE_FOR_BACKWARD=True,  # the forward that also saves for the backward is the larger one
     )
     return {c: values[c] for c in kernel.constexprs}
 
@@ -135,7 +137,7 @@ def compile_modules_ahead_of_time(
     Triton fixes compiled-or-interpreted once per process, when triton.language is first
     imported; a process that runs kernels on the interpreter compiles in one child process."""
     from .modules import triton_mode
-    from .tiles import default_config
+    from .tiles import backward_config, default_config
 
     config = config or default_config(dtype, head_dim)
     jobs = [
@@ -147,6 +149,7 @@ def compile_modules_ahead_of_time(
             "dtype": dtype,
             "head_dim": head_dim,
             "config": dataclasses.asdict(config),
+            "backward_config": dataclasses.asdict(backward_config(dtype, head_dim)),
         }
         for generated, module_path in modules
     ]
@@ -182,14 +185,16 @@ def _compile_job(job: dict) -> list[KernelResources]:
     from .modules import import_module_file
     from .tiles import TileConfig
 
-    config = TileConfig(**job["config"])
+    forward_config = TileConfig(**job["config"])
+    backward_config = TileConfig(**job["backward_config"])
     dtype, head_dim = job["dtype"], job["head_dim"]
     capability = parse_arch(job["arch"])
     module = import_module_file(job["module_path"], interpret=False)
     results = []
     for k in job["kernels"]:
-        kernel = KernelInterface(k["name"], tuple(k["params"]), tuple(k["constexprs"]), k["per_query_block"])
+        kernel = KernelInterface(**{**k, "params": tuple(k["params"]), "constexprs": tuple(k["constexprs"])})
         fn = getattr(module, kernel.name)
+        config = backward_config if kernel.backward else forward_config
         start = time.perf_counter()
         source = _ast_source(fn, _signature(kernel, dtype), _constants(kernel, dtype, head_dim, config, job["causal"]))
         # Always run ptxas (no Triton cache hit) and keep its log, which counts spill bytes.

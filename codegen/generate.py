@@ -14,9 +14,13 @@ from genomec.ir import Compiled, format_ir
 
 from . import template as T
 from .emit import GLOBAL, KEY, PAIR, QUERY, Emitter, var
+from .backward import BACKWARD_CONSTEXPRS, BackwardSchedule, backward_schedule, format_backward, forward_save_lines, generate_backward
 from .schedule import AttentionKernel, KeyPass, ReductionKernel, Schedule, format_schedule, schedule
 
 GENERATOR_VERSION = "genomec-codegen/1"
+# Backward kernels with one program per query (or token) block; attention_bwd_keys has one
+# per key block, attention_bwd_global one per (batch, head).
+PER_BLOCK_BACKWARD_KERNELS = ("attention_bwd_prepare", "attention_bwd_queries", "attention_bwd_query_rows", "attention_bwd_state_rows")
 
 
 def generator_fingerprint() -> str:
@@ -30,7 +34,7 @@ def generator_fingerprint() -> str:
         digest = hashlib.sha256()
         for path in sorted(Path(__file__).parent.glob("*.py")):
             digest.update(path.read_bytes())
-        digest.update(repr(sorted((name, op.triton) for name, op in OPS.items())).encode())
+        digest.update(repr(sorted((name, op.triton, op.triton_vjp) for name, op in OPS.items())).encode())
         _FINGERPRINT = f"{GENERATOR_VERSION}+{digest.hexdigest()[:12]}"
     return _FINGERPRINT
 
@@ -50,6 +54,8 @@ class KernelInterface:
     params: tuple[str, ...]  # pointers (`*_ptr`) and the ints seq_len, num_heads
     constexprs: tuple[str, ...]
     per_query_block: bool  # grid (query blocks, B*H) rather than (B*H,)
+    per_key_block: bool = False  # grid (key blocks, B*H): the backward's key-side kernel
+    backward: bool = False  # a backward kernel (launched by the autograd backward)
 
 
 @dataclass(frozen=True)
@@ -57,7 +63,16 @@ class GeneratedModule:
     hash: str
     schedule: Schedule
     source: str
-    kernels: tuple[KernelInterface, ...]  # in launch order
+    kernels: tuple[KernelInterface, ...]  # forward kernels, then backward kernels, each in launch order
+    backward: BackwardSchedule | None = None
+
+    @property
+    def forward_kernels(self) -> tuple[KernelInterface, ...]:
+        return tuple(k for k in self.kernels if not k.backward)
+
+    @property
+    def backward_kernels(self) -> tuple[KernelInterface, ...]:
+        return tuple(k for k in self.kernels if k.backward)
 
 
 REDUCTION_CONSTEXPRS = ("HEAD_DIM", "HEAD_DIM_PAD", "HEAD_SCALE", "BLOCK_N", "HAS_MASK", "DOT_DTYPE", "DOT_PRECISION")
@@ -85,21 +100,31 @@ def generate(compiled: Compiled) -> GeneratedModule:
     sched = schedule(compiled.simplified)
     if not sched.fused:
         raise NotFusable(sched.reason)
+    plan = backward_schedule(sched)
     source = T.HEADER.format(
         generator_version=GENERATOR_VERSION,
         hash=compiled.hash,
         ir=_comment(format_ir(compiled.simplified)),
-        schedule=_comment(format_schedule(sched)),
+        schedule=_comment(format_schedule(sched) + "\n" + format_backward(plan)),
     )
+    if plan.fused:
+        source += T.BACKWARD_HELPERS
     kernels = []
     if sched.reduction is not None:
         text, interface = _reduction_kernel(sched, sched.reduction)
         source += text
         kernels.append(interface)
-    text, interface = _attention_kernel(sched, sched.attention)
+    text, interface = _attention_kernel(sched, sched.attention, plan)
     source += text
     kernels.append(interface)
-    return GeneratedModule(compiled.hash, sched, source, tuple(kernels))
+    if plan.fused:
+        for name, text, params in generate_backward(sched, plan):
+            source += text
+            kernels.append(
+                KernelInterface(name, params, BACKWARD_CONSTEXPRS, per_query_block=name in PER_BLOCK_BACKWARD_KERNELS,
+                                per_key_block=name == "attention_bwd_keys", backward=True)
+            )
+    return GeneratedModule(compiled.hash, sched, source, tuple(kernels), plan)
 
 
 def _params(inputs, *, out: bool, sched: Schedule) -> tuple[str, ...]:
@@ -163,7 +188,7 @@ def _reduction_kernel(sched: Schedule, kernel: ReductionKernel):
     return text, KernelInterface(kernel.name, params, REDUCTION_CONSTEXPRS, per_query_block=False)
 
 
-def _attention_kernel(sched: Schedule, kernel: AttentionKernel):
+def _attention_kernel(sched: Schedule, kernel: AttentionKernel, plan: BackwardSchedule):
     ir = sched.ir
     online = next((p.softmaxes[0] for p in kernel.key_passes if p.kind == "online"), None)
     emitter = Emitter(ir, sched.kinds, online_softmax=online)
@@ -183,16 +208,24 @@ def _attention_kernel(sched: Schedule, kernel: AttentionKernel):
     output = var(ir.output, QUERY)
     inputs = _inputs_read(used_values)
     params = _params(inputs, out=True, sched=sched)
+    constexprs = ATTENTION_CONSTEXPRS
+    saves = plan.fused and plan.kind == "keys"  # ([d,d] states are in the reduction kernel's buffer already)
+    if saves:  # the forward also saves what the backward reads, when asked
+        saved = ("lse_ptr",) if plan.softmaxes else ()
+        params = params[:-2] + saved + ("saved_ptr",) + params[-2:]
+        constexprs = constexprs + ("SAVE_FOR_BACKWARD",)
     text = T.ATTENTION_KERNEL.format(
         name=kernel.name,
         params=" ".join(p + "," for p in params),
         global_values=_indent(global_lines or ["# (none)"], 4),
         query_values=_indent([line for n in kernel.query_values for line in emitter.emit(n, QUERY)] or ["# (none)"], 4),
         key_passes="".join(key_passes),
+        save_for_backward=forward_save_lines(plan) if saves else "",
+        save_constexpr=" SAVE_FOR_BACKWARD: tl.constexpr," if saves else "",
         post_values=_indent([line for n in kernel.post_values for line in emitter.emit(n, QUERY)] or ["# (none)"], 4),
         output=output,
     )
-    return text, KernelInterface(kernel.name, params, ATTENTION_CONSTEXPRS, per_query_block=True)
+    return text, KernelInterface(kernel.name, params, constexprs, per_query_block=True)
 
 
 def _key_pass(ir, emitter: Emitter, index: int, p: KeyPass) -> str:

@@ -3,12 +3,15 @@
 The manifest lists every distinct attention graph once (a model compiles each distinct
 graph once): its hash, the layers using it, whether it is fused (and if not, why it runs
 on the reference executor), its stages (kernels in launch order, with their passes), and
-its kernels; with an arch, each kernel's registers, spills and shared memory from
-ahead-of-time compilation for that GPU target. Nothing needs a GPU.
+its kernels; whether its backward is fused (three backward kernels after the forward
+ones) or recomputes through the reference executor, and why; with an arch, each kernel's
+registers, spills and shared memory from ahead-of-time compilation for that GPU target
+(backward kernels with their own tiles). Nothing needs a GPU.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -21,7 +24,7 @@ from genomec.genome import AttentionGenome, Genome
 from .aot import compile_modules_ahead_of_time
 from .generate import GENERATOR_VERSION, generate
 from .schedule import schedule
-from .tiles import default_config
+from .tiles import backward_config, default_config
 
 DTYPES = ("fp16", "bf16", "fp32")
 MANIFEST = "manifest.json"
@@ -70,7 +73,8 @@ def compile_genome(
         record = {"hash": compiled.hash, "layers": entry.layers, "causal": compiled.simplified.causal, "fused": sched.fused}
         graphs.append(record)
         if not sched.fused:
-            record.update(backend="reference", reason=sched.reason, stages=[], kernels=[])
+            record.update(backend="reference", reason=sched.reason, stages=[], kernels=[],
+                          backward={"fused": False, "reason": "the forward is not fused"})
             say(f"{compiled.hash}: fallback to the reference executor ({sched.reason})")
             continue
         generated = generate(compiled)
@@ -82,7 +86,8 @@ def compile_genome(
             codegen_ms=round((time.perf_counter() - start) * 1e3, 3),  # schedule + source
             source_bytes=len(generated.source.encode()),
             stages=sched.stages(),
-            kernels=[{"name": k.name} for k in generated.kernels],
+            kernels=[{"name": k.name, "direction": "backward" if k.backward else "forward"} for k in generated.kernels],
+            backward={"fused": generated.backward.fused, "reason": generated.backward.reason},
         )
         generated_modules.append((record, generated, module_file))
         say(f"{compiled.hash}: fused, {len(record['stages'])} stage(s) -> {module_file.name}")
@@ -92,20 +97,22 @@ def compile_genome(
         results = compile_modules_ahead_of_time(
             [(generated, module_file) for _, generated, module_file in generated_modules], arch=arch, dtype=dtype, head_dim=head_dim, config=config
         )
-        for (record, _, _), resources in zip(generated_modules, results):
+        for (record, generated, _), resources in zip(generated_modules, results):
             record["kernels"] = [
                 {
                     "name": r.name,
+                    "direction": "backward" if k.backward else "forward",
                     "registers": r.registers,
                     "spills": r.spills,
                     "stack": r.stack,
                     "shared_bytes": r.shared_bytes,
                     "compile_seconds": round(r.compile_seconds, 3),
                 }
-                for r in resources
+                for k, r in zip(generated.kernels, resources)
             ]
 
     fused = sum(g["fused"] for g in graphs)
+    backward_fused = sum(g["backward"]["fused"] for g in graphs)
     manifest = {
         "genome": str(path),
         "name": genome.name,
@@ -115,7 +122,8 @@ def compile_genome(
         "dtype": dtype,
         "head_dim": head_dim,
         "tile_config": {"block_m": config.block_m, "block_n": config.block_n, "num_warps": config.num_warps, "num_stages": config.num_stages},
-        "coverage": {"fused": fused, "graphs": len(graphs)},
+        "coverage": {"fused": fused, "backward_fused": backward_fused, "graphs": len(graphs)},
+        "backward_tile_config": dataclasses.asdict(backward_config(dtype, head_dim)),
         "graphs": graphs,
     }
     write_atomic(out_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")

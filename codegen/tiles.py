@@ -55,6 +55,25 @@ def default_config(dtype: str, head_dim: int) -> TileConfig:
     return SMALL_HEAD_CONFIG
 
 
+# The backward kernels hold more tiles at once (recomputed pair values and their cotangents,
+# the key-side accumulators), so they get tiles of their own, chosen with
+# `genomec compile --arch sm_90` over the zoo (plain and causal) for zero spills at fp16/bf16.
+SMALL_HEAD_BACKWARD_CONFIG = TileConfig(64, 16, 8, 1)  # head dim <= 64
+LARGE_HEAD_BACKWARD_CONFIG = TileConfig(16, 16, 8, 1)  # head dim 65..128
+FP32_BACKWARD_CONFIG = TileConfig(16, 32, 8, 1)  # fp32 (three tf32 passes per dot), head dim <= 64
+NARROW_BACKWARD_CONFIG = TileConfig(16, 16, 8, 1)  # everything wider
+
+
+def backward_config(dtype: str, head_dim: int) -> TileConfig:
+    """The tiles of the backward kernels (also the first guess on a GPU)."""
+    pad = head_dim_pad(head_dim)
+    if pad > 128 or (pad > 64 and dtype == "fp32"):
+        return NARROW_BACKWARD_CONFIG
+    if dtype == "fp32":
+        return FP32_BACKWARD_CONFIG
+    return LARGE_HEAD_BACKWARD_CONFIG if pad > 64 else SMALL_HEAD_BACKWARD_CONFIG
+
+
 def candidates(head_dim: int) -> tuple[TileConfig, ...]:
     """The search space for a head dim: large tiles only while they fit in registers."""
     pad = head_dim_pad(head_dim)

@@ -187,6 +187,13 @@ class Op:
     # call the helpers every generated module defines (codegen/template.py: _log1p).
     # None: a structural op (transpose, softmax, matmul, cos, euc) the scheduler lowers.
     triton: str | None = None
+    # Derivative rule of an elementwise op: the Triton spelling of each operand's
+    # vector-Jacobian product, format strings over {x}, {y} (the operands), {out} (the
+    # op's value) and {grad} (the cotangent of the output), in fp32. The backward code
+    # generator emits them as straight-line `dt3 = ...` lines. None for the structural ops,
+    # whose backward the scheduler lowers (softmax over keys: P * (dP - rowsum(P * dP)); scores
+    # and contractions: matmuls of the cotangent tile with the other side's rows).
+    triton_vjp: tuple[str, ...] | None = None
 
     def shape(self, *shapes: Shape) -> Shape:
         if len(shapes) != self.arity:
@@ -229,7 +236,7 @@ def _binary(name, definition, torch_fn, np_fn, **traits) -> Op:
 
 
 _OPS = [
-    _unary("neg", "-x", torch.neg, np.negative, triton="-{0}", linear=True, odd=True, paper_group=True),
+    _unary("neg", "-x", torch.neg, np.negative, triton="-{0}", triton_vjp=("-{grad}",), linear=True, odd=True, paper_group=True),
     Op(
         name="transpose",
         arity=1,
@@ -249,6 +256,7 @@ _OPS = [
         reference=lambda x, *, head_dim, mask: x * head_dim**-0.5,
         oracle=lambda x, head_dim: x * head_dim**-0.5,
         triton="{0} * HEAD_SCALE",  # HEAD_SCALE: the kernel's constexpr d**-0.5
+        triton_vjp=("{grad} * HEAD_SCALE",),
         elementwise=True,
         linear=True,
         odd=True,
@@ -271,10 +279,11 @@ _OPS = [
         torch.nn.functional.logsigmoid,
         lambda x: -np.logaddexp(0.0, -x),
         triton="tl.minimum({0}, 0.0) - _log1p(tl.exp(-tl.abs({0})))",  # -softplus(-x), stable
+        triton_vjp=("{grad} * tl.sigmoid(-{x})",),  # d/dx log(sigmoid(x)) = 1 - sigmoid(x)
         paper_group=True,
     ),
     _unary("softsign", "x / (1 + abs(x))", lambda x: x / (1 + x.abs()), lambda x: x / (1 + np.abs(x)), odd=True, paper_group=True,
-           triton="{0} / (1.0 + tl.abs({0}))"),
+           triton="{0} / (1.0 + tl.abs({0}))", triton_vjp=("{grad} / ((1.0 + tl.abs({x})) * (1.0 + tl.abs({x})))",)),
     Op(
         name="sqrt",
         arity=1,
@@ -283,18 +292,32 @@ _OPS = [
         reference=lambda x, *, head_dim, mask: _sqrt(x),
         oracle=lambda x, head_dim: np.sign(x) * (np.sqrt(np.abs(x) + SQRT_EPS) - SQRT_SHIFT),
         triton="tl.where({0} > 0, 1.0, tl.where({0} < 0, -1.0, 0.0)) * (tl.sqrt(tl.abs({0}) + 1e-6) - 1e-3)",
+        # d/dx = 1 / (2 sqrt(|x| + 1e-6)) for x != 0; 0 at x == 0 (sign(0) = 0, as torch has it)
+        triton_vjp=("tl.where({x} != 0, {grad} * 0.5 / tl.sqrt(tl.abs({x}) + 1e-6), 0.0)",),
         elementwise=True,
         odd=True,
         paper_group=True,
     ),
-    _unary("sigmoid", "1 / (1 + exp(-x))", torch.sigmoid, lambda x: 0.5 * (1 + np.tanh(0.5 * x)), triton="tl.sigmoid({0})"),
-    _unary("tanh", "tanh(x)", torch.tanh, np.tanh, odd=True, triton="2.0 * tl.sigmoid(2.0 * {0}) - 1.0"),
-    _unary("relu", "max(x, 0)", torch.relu, lambda x: np.maximum(x, 0.0), triton="tl.maximum({0}, 0.0)"),
-    _unary("abs", "abs(x)", torch.abs, np.abs, triton="tl.abs({0})"),
-    _binary("add", "x + y (same shape)", torch.add, np.add, commutative=True, linear=True, paper_group=True, triton="{0} + {1}"),
-    _binary("sub", "x - y (same shape)", torch.sub, np.subtract, linear=True, triton="{0} - {1}"),
-    _binary("mul", "x * y elementwise (same shape)", torch.mul, np.multiply, commutative=True, triton="{0} * {1}"),
-    _binary("max", "elementwise maximum (same shape)", torch.maximum, np.maximum, commutative=True, triton="tl.maximum({0}, {1})"),
+    _unary("sigmoid", "1 / (1 + exp(-x))", torch.sigmoid, lambda x: 0.5 * (1 + np.tanh(0.5 * x)), triton="tl.sigmoid({0})",
+           # sigmoid(x) sigmoid(-x), not out * (1 - out): no cancellation where sigmoid(x) ~ 1
+           triton_vjp=("{grad} * tl.sigmoid({x}) * tl.sigmoid(-{x})",)),
+    _unary("tanh", "tanh(x)", torch.tanh, np.tanh, odd=True, triton="2.0 * tl.sigmoid(2.0 * {0}) - 1.0",
+           # 1 - tanh(x)^2 = 4 sigmoid(2x) sigmoid(-2x), without the cancellation where |tanh(x)| ~ 1
+           triton_vjp=("{grad} * 4.0 * tl.sigmoid(2.0 * {x}) * tl.sigmoid(-2.0 * {x})",)),
+    _unary("relu", "max(x, 0)", torch.relu, lambda x: np.maximum(x, 0.0), triton="tl.maximum({0}, 0.0)",
+           triton_vjp=("tl.where({x} > 0, {grad}, 0.0)",)),
+    _unary("abs", "abs(x)", torch.abs, np.abs, triton="tl.abs({0})",
+           triton_vjp=("tl.where({x} > 0, {grad}, tl.where({x} < 0, -{grad}, 0.0))",)),
+    _binary("add", "x + y (same shape)", torch.add, np.add, commutative=True, linear=True, paper_group=True, triton="{0} + {1}",
+            triton_vjp=("{grad}", "{grad}")),
+    _binary("sub", "x - y (same shape)", torch.sub, np.subtract, linear=True, triton="{0} - {1}",
+            triton_vjp=("{grad}", "-{grad}")),
+    _binary("mul", "x * y elementwise (same shape)", torch.mul, np.multiply, commutative=True, triton="{0} * {1}",
+            triton_vjp=("{grad} * {y}", "{grad} * {x}")),
+    _binary("max", "elementwise maximum (same shape)", torch.maximum, np.maximum, commutative=True, triton="tl.maximum({0}, {1})",
+            # ties split the cotangent evenly, as torch.maximum does
+            triton_vjp=("tl.where({x} > {y}, {grad}, tl.where({x} == {y}, 0.5 * {grad}, 0.0))",
+                        "tl.where({y} > {x}, {grad}, tl.where({x} == {y}, 0.5 * {grad}, 0.0))")),
     Op(
         name="matmul",
         arity=2,

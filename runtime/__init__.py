@@ -1,7 +1,9 @@
-"""The runtime: the on-disk kernel cache, autotuning, and loading a compiled graph as a
-callable forward (`load(compiled)(q, k, v, mask)`)."""
+"""The runtime: the on-disk kernel cache, autotuning, loading a compiled graph as an
+autograd module (`load(compiled)(q, k, v, mask)`, fused forward and backward kernels), and
+a multi-head attention layer around a genome."""
 
 from .cache import KernelCache, default_root
-from .launch import FusedAttention, load
+from .attention import MultiHeadGenomeAttention
+from .launch import AttentionFunction, CompiledAttention, FusedAttention, load
 
-__all__ = ["FusedAttention", "KernelCache", "default_root", "load"]
+__all__ = ["AttentionFunction", "CompiledAttention", "FusedAttention", "KernelCache", "MultiHeadGenomeAttention", "default_root", "load"]

@@ -1,13 +1,16 @@
-"""The forward kernel suite of SPEC 7 (`genomec bench`, `benchmarks/kernels.py`).
+"""The kernel suite of SPEC 7 (`genomec bench`, `benchmarks/kernels.py`), forward and
+forward+backward.
 
-With a CUDA GPU, per genome, shape and dtype: ours (fused Triton) against the eager
-reference executor, `torch.compile` of it, FlexAttention where the genome is
-`softmax(score_mod(QK^T))V`, and SDPA for standard attention; median of CUDA-event
-timings, TFLOP/s (4*B*H*N^2*d), peak memory.
+With a CUDA GPU, per genome, shape, dtype and pass: ours (fused Triton; the backward fused
+where the graph is in the backward class, else the reference recompute, said per row)
+against the eager reference executor, `torch.compile` of it, FlexAttention where the genome
+is `softmax(score_mod(QK^T))V`, and SDPA for standard attention; median of CUDA-event
+timings, TFLOP/s (4*B*H*N^2*d forward, 2.5x that for the backward), peak memory.
 
 Without one it cannot time kernels, and says so: it reports instead, per genome, the front
-end (parse, passes, schedule, codegen), the generated source size, and the ahead-of-time
-compile time and resources of every kernel for sm_90.
+end (parse, passes, schedule, codegen), the generated source size, whether the backward is
+fused, and the ahead-of-time compile time and resources of every kernel (forward and
+backward, each with its own tiles) for sm_90.
 
 Results: JSON (GPU or CPU, versions, date), a Markdown table and a PNG plot.
 """
@@ -108,14 +111,17 @@ def run_cpu(graphs, out_dir: Path, aot: bool = True, arch: str = "sm_90", dtype:
         if sched.fused:
             generated = generate(entry.compiled)
             row["source_bytes"] = len(generated.source.encode())
+            row["backward_fused"] = generated.backward.fused
+            if not generated.backward.fused:
+                row["backward_reason"] = generated.backward.reason
             module_path = modules_dir / f"{generated.hash}.py"
             module_path.write_text(generated.source)
             if aot:
                 resources = compile_ahead_of_time(generated, module_path, arch=arch, dtype=dtype, head_dim=head_dim)
                 row["kernels"] = [
-                    {"name": r.name, "registers": r.registers, "spills": r.spills, "shared_bytes": r.shared_bytes,
-                     "compile_s": round(r.compile_seconds, 3)}
-                    for r in resources
+                    {"name": r.name, "direction": "backward" if k.backward else "forward", "registers": r.registers,
+                     "spills": r.spills, "shared_bytes": r.shared_bytes, "compile_s": round(r.compile_seconds, 3)}
+                    for k, r in zip(generated.kernels, resources)
                 ]
                 row["aot_compile_s"] = round(sum(r.compile_seconds for r in resources), 3)
         else:
@@ -131,12 +137,14 @@ def run_cpu(graphs, out_dir: Path, aot: bool = True, arch: str = "sm_90", dtype:
 
 
 def cpu_markdown(result: dict) -> str:
-    lines = [f"_{result['note']}_", "", "| genome | hash | fused | front end (ms) | source (B) | AOT (s) | kernels: registers / spills / shared |",
-             "|---|---|---|---:|---:|---:|---|"]
+    lines = [f"_{result['note']}_", "",
+             "| genome | hash | fused | backward | front end (ms) | source (B) | AOT (s) | kernels: registers / spills / shared |",
+             "|---|---|---|---|---:|---:|---:|---|"]
     for r in result["rows"]:
         kernels = "; ".join(f"{k['name']}: {k['registers']} / {k['spills']} / {k['shared_bytes']}" for k in r.get("kernels", []))
         lines.append(
-            f"| {r['genome']} | {r['hash']} | {'yes' if r['fused'] else 'no (reference)'} | {r['frontend_ms']:.2f} | "
+            f"| {r['genome']} | {r['hash']} | {'yes' if r['fused'] else 'no (reference)'} | "
+            f"{'fused' if r.get('backward_fused') else 'reference recompute'} | {r['frontend_ms']:.2f} | "
             f"{r.get('source_bytes', '-')} | {r.get('aot_compile_s', '-')} | {kernels or r.get('reason', '-')} |"
         )
     return "\n".join(lines) + "\n"
@@ -177,7 +185,22 @@ def _time_cuda(fn, warmup: int = 3, repeat: int = 10) -> tuple[float, int]:
     return statistics.median(times), torch.cuda.max_memory_allocated() - base
 
 
-def run_gpu(graphs, shapes=GPU_SHAPES, dtypes=GPU_DTYPES, progress=print) -> dict:
+PASSES = ("forward", "forward+backward")
+BACKWARD_FLOP_FACTOR = 2.5  # SPEC 7: the backward counts 2.5x the forward's 4*B*H*N^2*d
+
+
+def _with_backward(forward, inputs, grad_out):
+    """forward(q, k, v) then backward of grad_out into the inputs."""
+
+    def run():
+        for t in inputs:
+            t.grad = None
+        forward(*inputs).backward(grad_out)
+
+    return run
+
+
+def run_gpu(graphs, shapes=GPU_SHAPES, dtypes=GPU_DTYPES, passes=PASSES, progress=print) -> dict:
     import torch
 
     from genomec.ir import execute
@@ -189,39 +212,49 @@ def run_gpu(graphs, shapes=GPU_SHAPES, dtypes=GPU_DTYPES, progress=print) -> dic
         module = load(entry.compiled)
         ir = entry.compiled.simplified
         compiled_ref = torch.compile(lambda q, k, v, ir=ir: execute(ir, q, k, v))
+        forwards = {
+            "ours": lambda q, k, v: module(q, k, v),
+            "eager": lambda q, k, v: execute(ir, q, k, v),
+            "torch.compile": lambda q, k, v: compiled_ref(q, k, v),
+        }
+        if _flex_score_mod(entry):
+            from torch.nn.attention.flex_attention import flex_attention
+
+            flex = torch.compile(flex_attention)
+            forwards["flex"] = lambda q, k, v: flex(q, k, v)
+            forwards["sdpa"] = lambda q, k, v: torch.nn.functional.scaled_dot_product_attention(q, k, v)
         for dtype in dtypes:
             for b, h, n, d in shapes:
-                q, k, v = (torch.randn(b, h, n, d, device="cuda", dtype=torch_dtype[dtype]) for _ in range(3))
-                flops = 4 * b * h * n * n * d
-                candidates = {
-                    "ours": lambda: module.launch(q, k, v),
-                    "eager": lambda: execute(ir, q, k, v),
-                    "torch.compile": lambda: compiled_ref(q, k, v),
-                }
-                if _flex_score_mod(entry):
-                    from torch.nn.attention.flex_attention import flex_attention
-
-                    flex = torch.compile(flex_attention)
-                    candidates["flex"] = lambda: flex(q, k, v)
-                    candidates["sdpa"] = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v)
-                for impl, fn in candidates.items():
-                    row = {"genome": name, "hash": entry.compiled.hash, "impl": impl, "dtype": dtype, "B": b, "H": h, "N": n, "d": d}
-                    try:
-                        ms, peak = _time_cuda(fn)
-                        row.update(ms=round(ms, 4), tflops=round(flops / ms / 1e9, 2), peak_bytes=peak)
-                    except Exception as e:  # out of memory for the [N,N] baselines at long N
-                        row.update(error=f"{type(e).__name__}: {str(e)[:120]}")
-                        torch.cuda.empty_cache()
-                    rows.append(row)
-                progress(f"{name} {dtype} N={n} d={d}: " + ", ".join(f"{r['impl']} {r.get('ms', 'fail')}" for r in rows[-len(candidates):]))
+                for which in passes:
+                    backward = which == "forward+backward"
+                    inputs = [torch.randn(b, h, n, d, device="cuda", dtype=torch_dtype[dtype], requires_grad=backward) for _ in range(3)]
+                    grad_out = torch.randn(b, h, n, d, device="cuda", dtype=torch_dtype[dtype])
+                    flops = 4 * b * h * n * n * d * (1 + BACKWARD_FLOP_FACTOR if backward else 1)
+                    for impl, forward in forwards.items():
+                        row = {"genome": name, "hash": entry.compiled.hash, "impl": impl, "pass": which, "dtype": dtype,
+                               "B": b, "H": h, "N": n, "d": d}
+                        if impl == "ours":
+                            row["backend"] = module.backward_backend if backward else module.backend
+                        fn = _with_backward(forward, inputs, grad_out) if backward else (lambda f=forward: f(*inputs))
+                        try:
+                            ms, peak = _time_cuda(fn)
+                            row.update(ms=round(ms, 4), tflops=round(flops / ms / 1e9, 2), peak_bytes=peak)
+                        except Exception as e:  # out of memory for the [N,N] baselines at long N
+                            row.update(error=f"{type(e).__name__}: {str(e)[:120]}")
+                            torch.cuda.empty_cache()
+                        rows.append(row)
+                    progress(f"{name} {dtype} N={n} d={d} {which}: "
+                             + ", ".join(f"{r['impl']} {r.get('ms', 'fail')}" for r in rows[-len(forwards):]))
     return {"mode": "gpu", "rows": rows}
 
 
 def gpu_markdown(result: dict) -> str:
-    lines = ["| genome | dtype | N | d | impl | ms | TFLOP/s | peak MiB |", "|---|---|---:|---:|---|---:|---:|---:|"]
+    lines = ["| genome | pass | dtype | N | d | impl | ms | TFLOP/s | peak MiB |", "|---|---|---|---:|---:|---|---:|---:|---:|"]
     for r in result["rows"]:
         peak = f"{r['peak_bytes'] / 2**20:.1f}" if "peak_bytes" in r else "-"
-        lines.append(f"| {r['genome']} | {r['dtype']} | {r['N']} | {r['d']} | {r['impl']} | {r.get('ms', r.get('error'))} | {r.get('tflops', '-')} | {peak} |")
+        impl = r["impl"] + (f" ({r['backend']})" if "backend" in r else "")
+        lines.append(f"| {r['genome']} | {r['pass']} | {r['dtype']} | {r['N']} | {r['d']} | {impl} | {r.get('ms', r.get('error'))} | "
+                     f"{r.get('tflops', '-')} | {peak} |")
     return "\n".join(lines) + "\n"
 
 
@@ -251,12 +284,14 @@ def plot(result: dict, path: Path) -> None:
     else:
         fig, ax = plt.subplots(figsize=(12, 4))
         timed = [r for r in result["rows"] if "tflops" in r]
-        for impl in sorted({r["impl"] for r in timed}):
-            rows = [r for r in timed if r["impl"] == impl]
-            ax.plot(range(len(rows)), [r["tflops"] for r in rows], marker="o", label=impl)
+        for which in sorted({r["pass"] for r in timed}):
+            for impl in sorted({r["impl"] for r in timed}):
+                rows = [r for r in timed if r["impl"] == impl and r["pass"] == which]
+                if rows:
+                    ax.plot(range(len(rows)), [r["tflops"] for r in rows], marker="o" if which == "forward" else "x", label=f"{impl} {which}")
         ax.set_ylabel("TFLOP/s")
         ax.set_xlabel("(genome, dtype, N, d) in suite order")
-        ax.set_title("forward throughput")
+        ax.set_title("throughput, forward and forward+backward")
         ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)

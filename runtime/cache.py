@@ -143,7 +143,10 @@ def _read_entry(path: Path, graph_hash: str) -> CacheEntry:
         if meta["hash"] != graph_hash or hashlib.sha256(source).hexdigest() != meta["module_sha256"]:
             raise CorruptEntry(f"{path}: checksum mismatch")
         kernels = tuple(
-            KernelInterface(k["name"], tuple(k["params"]), tuple(k["constexprs"]), bool(k["per_query_block"]))
+            KernelInterface(
+                k["name"], tuple(k["params"]), tuple(k["constexprs"]), bool(k["per_query_block"]),
+                bool(k.get("per_key_block", False)), bool(k.get("backward", False)),
+            )
             for k in meta["kernels"]
         )
         return CacheEntry(path, graph_hash, kernels, int(meta["column_softmaxes"]), int(meta["reductions"]), bool(meta["causal"]))

@@ -1,19 +1,24 @@
-"""Loading a compiled graph as a callable forward: `load(compiled)(q, k, v, mask)`.
+"""Loading a compiled graph as an autograd module: `load(compiled)(q, k, v, mask)`.
 
 A fused graph launches its generated kernels (the reduction kernel first, if any); a graph
 outside the fused class runs on the reference executor, and says so (`.fused`, `.reason`).
-The module is a `torch.autograd.Function` in an `nn.Module`; its backward recomputes the
-forward with the reference executor and differentiates that (fused backward kernels are a
-separate issue), so gradients are right on either path.
+The module (`CompiledAttention`) is an `nn.Module` around a `torch.autograd.Function`:
+when the graph is in the fused backward class (`.backward_fused`), the forward saves the
+log-sum-exp of each softmax over keys and the contraction values, and the backward launches
+the generated backward kernels; otherwise (`.backward_reason`) the backward recomputes the
+forward with the reference executor and differentiates that. Gradients are right on
+either path.
 """
 
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
+from genomec.codegen.backward import backward_schedule
 from genomec.codegen.modules import import_module_file, use_interpreter
 from genomec.codegen.schedule import schedule
-from genomec.codegen.tiles import DOT_PRECISION, head_dim_pad
+from genomec.codegen.tiles import DOT_PRECISION, backward_config, head_dim_pad
 from genomec.ir import Compiled, execute
 
 from . import autotune
@@ -33,36 +38,57 @@ def dot_precision(dtype: torch.dtype) -> str:
     return DOT_PRECISION[DTYPE_NAMES[dtype]]
 
 
-class _ReferenceBackward(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, launcher, q, k, v, mask):
-        ctx.launcher = launcher
-        ctx.mask = mask
-        ctx.save_for_backward(q, k, v)
-        return launcher.launch(q, k, v, mask)
+class AttentionFunction(torch.autograd.Function):
+    """One attention graph as an autograd op: `apply(module, q, k, v, mask)`, where `module`
+    is the graph's CompiledAttention (None for an input the graph does not read)."""
 
     @staticmethod
+    def forward(ctx, module, q, k, v, mask):
+        ctx.module = module
+        ctx.mask = mask
+        wants_grad = any(ctx.needs_input_grad[1:4])
+        if wants_grad and module.backward_fused and module.kernels_apply(q, k, v):
+            out, saved = module.launch(q, k, v, mask, save_for_backward=True)
+            ctx.fused_backward = True
+            ctx.saved_names = tuple(saved)
+            ctx.save_for_backward(q, k, v, *saved.values())
+            return out
+        ctx.fused_backward = False
+        ctx.save_for_backward(q, k, v)
+        return module.launch(q, k, v, mask)
+
+    @staticmethod
+    @once_differentiable  # the kernels' gradients carry no graph: refuse double backward loudly
     def backward(ctx, grad_out):
+        if ctx.fused_backward:
+            q, k, v, *buffers = ctx.saved_tensors
+            grads = ctx.module.launch_backward(q, k, v, ctx.mask, dict(zip(ctx.saved_names, buffers)), grad_out)
+            return (None, *grads, None)
         saved = ctx.saved_tensors  # None for an input the graph does not read
         with torch.enable_grad():
             inputs = [None if t is None else t.detach().requires_grad_(True) for t in saved]
-            out = execute(ctx.launcher.compiled.simplified, *inputs, mask=ctx.mask)
+            out = execute(ctx.module.compiled.simplified, *inputs, mask=ctx.mask)
             given = [t for t in inputs if t is not None]
             grads = iter(torch.autograd.grad(out, given, grad_out, allow_unused=True))
         return (None, *(None if t is None else next(grads) for t in inputs), None)
 
 
-class FusedAttention(torch.nn.Module):
-    """The forward of one attention graph over q, k, v `[B, H, N, d]` and an optional key
-    padding mask `[B, N]` (True = real token)."""
+class CompiledAttention(torch.nn.Module):
+    """One attention graph over q, k, v `[B, H, N, d]` (fp32, fp16 or bf16) and an optional
+    key padding mask `[B, N]` (True = real token), with its gradients."""
 
     def __init__(self, compiled: Compiled, entry: CacheEntry | None, cache: KernelCache, reason: str | None = None):
         super().__init__()
         self.compiled = compiled
         self.entry = entry
         self.cache = cache
-        self.reason = reason  # why it falls back, when it does
+        self.reason = reason  # why the forward falls back, when it does
         self.interpret = use_interpreter()
+        sched = schedule(compiled.simplified)
+        self.backward_plan = backward_schedule(sched)
+        has_backward_kernels = entry is not None and any(k.backward for k in entry.kernels)
+        self.backward_fused = self.backward_plan.fused and has_backward_kernels
+        self.backward_reason = None if self.backward_fused else (self.backward_plan.reason or "no backward kernels in the cache entry")
         self.module = None
         if entry is not None:
             key = (str(entry.module_path), self.interpret)
@@ -81,30 +107,124 @@ class FusedAttention(torch.nn.Module):
             return "reference (fallback)"
         return "triton (interpreter)" if self.interpret else "triton"
 
+    @property
+    def backward_backend(self) -> str:
+        if not self.backward_fused:
+            return "reference (fallback)"
+        return "triton (interpreter)" if self.interpret else "triton"
+
     def forward(self, q, k=None, v=None, mask=None):
-        return _ReferenceBackward.apply(self, q, k, v, mask)
+        return AttentionFunction.apply(self, q, k, v, mask)
 
     # -- launching ----------------------------------------------------------------------
 
-    def launch(self, q, k=None, v=None, mask=None, config: autotune.TileConfig | None = None):
-        if not self.fused:
+    def _used(self) -> list[str]:
+        return [name for name in ("q", "k", "v") if name in self.compiled.simplified.inputs]
+
+    def kernels_apply(self, q, k=None, v=None) -> bool:
+        """True when the kernels can take these inputs (else the reference executor runs,
+        and names any problem precisely)."""
+        given = {"q": q, "k": k, "v": v}
+        used = self._used()
+        ref = given[used[0]]
+        return (
+            self.fused
+            and ref is not None
+            and ref.dim() == 4
+            and all(given[n] is not None and given[n].shape == ref.shape and given[n].dtype == ref.dtype for n in used)
+        )
+
+    def launch(self, q, k=None, v=None, mask=None, config: autotune.TileConfig | None = None, save_for_backward: bool = False):
+        """The forward; with save_for_backward, `(out, saved)` where saved holds what the
+        backward kernels read (log-sum-exp per softmax over keys, contraction values, the
+        [d,d] states of the reduction kernel)."""
+        if not self.kernels_apply(q, k, v):
             return execute(self.compiled.simplified, q, k, v, mask=mask)
         given = {"q": q, "k": k, "v": v}
-        used = [name for name in ("q", "k", "v") if name in self.compiled.simplified.inputs]
+        used = self._used()
         ref = given[used[0]]
-        if ref is None or ref.dim() != 4 or any(given[n] is None or given[n].shape != ref.shape for n in used):
-            # the reference executor names the problem precisely
-            return execute(self.compiled.simplified, q, k, v, mask=mask)
         if ref.dtype not in DTYPE_NAMES:
             raise TypeError(f"fused kernels take fp32, fp16 or bf16 inputs, got {ref.dtype}")
         if self.interpret and ref.dtype == torch.bfloat16:
             # Triton's interpreter runs on NumPy, which has no bfloat16: compute from the
             # fp32 values (what the kernel does after its loads anyway) and round the output
             upcast = {n: t.float() if t is not None else None for n, t in given.items()}
-            return self.launch(upcast["q"], upcast["k"], upcast["v"], mask, config).to(torch.bfloat16)
+            result = self.launch(upcast["q"], upcast["k"], upcast["v"], mask, config, save_for_backward)
+            if save_for_backward:
+                return result[0].to(torch.bfloat16), result[1]
+            return result.to(torch.bfloat16)
         tensors = {n: given[n].contiguous() for n in used}
         config = config or self._config(tensors, mask, ref)
-        return self._run(tensors, mask, ref, config)
+        saved = self._saved_buffers(ref) if save_for_backward else None
+        out = self._run(tensors, mask, ref, config, saved)
+        return (out, saved) if save_for_backward else out
+
+    def _saved_buffers(self, ref) -> dict:
+        batch, heads, seq_len, head_dim = ref.shape
+        plan = self.backward_plan
+        fp32 = dict(dtype=torch.float32, device=ref.device)
+        return {
+            "lse": torch.empty(max(1, batch * heads * len(plan.softmaxes) * seq_len), **fp32),
+            "contractions": torch.empty(batch * heads * len(plan.contractions) * seq_len * head_dim, **fp32),
+            "global": torch.empty(max(1, batch * heads * self.entry.reductions * head_dim_pad(head_dim) ** 2), **fp32),
+        }
+
+    def launch_backward(self, q, k, v, mask, saved: dict, grad_out, config: autotune.TileConfig | None = None):
+        """Gradients (dq, dk, dv) of the fused backward kernels, None for an unused input."""
+        given = {"q": q, "k": k, "v": v}
+        used = self._used()
+        ref = given[used[0]]
+        dtype = ref.dtype
+        if self.interpret and dtype == torch.bfloat16:  # NumPy has no bfloat16 (see launch)
+            upcast = [t.float() if t is not None else None for t in (q, k, v)]
+            grads = self.launch_backward(*upcast, mask, saved, grad_out.float(), config)
+            return tuple(g.to(torch.bfloat16) if g is not None else None for g in grads)
+        batch, heads, seq_len, head_dim = ref.shape
+        device = ref.device
+        plan = self.backward_plan
+        if config is None:  # the tiles ahead-of-time compilation checks (no spills)
+            config = autotune.INTERPRETER_CONFIG if self.interpret else backward_config(DTYPE_NAMES[dtype], head_dim)
+        fp32 = dict(dtype=torch.float32, device=device)
+        args = {f"{n}_ptr": given[n].contiguous() for n in used}
+        args["mask_ptr"] = mask.to(device=device, dtype=torch.int8).contiguous() if mask is not None else torch.zeros(1, dtype=torch.int8, device=device)
+        args["lse_ptr"], args["saved_ptr"], args["global_ptr"] = saved["lse"], saved["contractions"], saved["global"]
+        args["dout_ptr"] = grad_out.to(dtype).contiguous()
+        args["dglobal_ptr"] = torch.empty(max(1, batch * heads * self.entry.reductions * head_dim_pad(head_dim) ** 2), **fp32)
+        args["dcontraction_ptr"] = torch.empty(batch * heads * len(plan.contractions) * seq_len * head_dim, **fp32)
+        args["delta_ptr"] = torch.empty(max(1, batch * heads * len(plan.softmaxes) * seq_len), **fp32)
+        for n in used:
+            args[f"d{n}_ptr"] = torch.zeros(ref.shape, **fp32)
+        args["seq_len"], args["num_heads"] = seq_len, heads
+        constants = dict(self._constants(ref, config), HAS_MASK=mask is not None)
+        for kernel in self.entry.kernels:
+            if not kernel.backward:
+                continue
+            if kernel.per_key_block or kernel.per_query_block:
+                block = config.block_n if kernel.per_key_block else config.block_m
+                grid = (triton_cdiv(seq_len, block), batch * heads)
+            else:
+                grid = (batch * heads,)
+            getattr(self.module, kernel.name)[grid](
+                *(args[p] for p in kernel.params),
+                **{c: constants[c] for c in kernel.constexprs},
+                num_warps=config.num_warps,
+                num_stages=config.num_stages,
+            )
+        return tuple(args[f"d{n}_ptr"].to(dtype) if n in used else None for n in ("q", "k", "v"))
+
+    def _constants(self, ref, config) -> dict:
+        head_dim = ref.shape[-1]
+        return dict(
+            HEAD_DIM=head_dim,
+            HEAD_DIM_PAD=head_dim_pad(head_dim),
+            HEAD_SCALE=head_dim**-0.5,
+            BLOCK_M=config.block_m,
+            BLOCK_N=config.block_n,
+            HAS_MASK=False,  # per call: the callers set it
+            IS_CAUSAL=self.entry.causal,
+            DOT_DTYPE=_triton_dtype(ref.dtype),
+            DOT_PRECISION=dot_precision(ref.dtype),
+        )
 
     def _config(self, tensors, mask, ref) -> autotune.TileConfig:
         if self.interpret:
@@ -120,7 +240,7 @@ class FusedAttention(torch.nn.Module):
 
         return autotune.choose(self.tuning, self.compiled.hash, key, autotune.candidates(head_dim), time_config)
 
-    def _run(self, tensors, mask, ref, config: autotune.TileConfig):
+    def _run(self, tensors, mask, ref, config: autotune.TileConfig, saved: dict | None = None):
         batch, heads, seq_len, head_dim = ref.shape
         pad = head_dim_pad(head_dim)
         device = ref.device
@@ -128,21 +248,20 @@ class FusedAttention(torch.nn.Module):
         args = {f"{n}_ptr": t for n, t in tensors.items()}
         args["mask_ptr"] = mask.to(device=device, dtype=torch.int8).contiguous() if mask is not None else torch.zeros(1, dtype=torch.int8, device=device)
         args["out_ptr"] = out
-        args["global_ptr"] = torch.empty(max(1, batch * heads * self.entry.reductions * pad * pad), dtype=torch.float32, device=device)
+        if saved is not None:  # the [d,d] states stay for the backward
+            args["global_ptr"] = saved["global"]
+        else:
+            args["global_ptr"] = torch.empty(max(1, batch * heads * self.entry.reductions * pad * pad), dtype=torch.float32, device=device)
         args["stats_ptr"] = torch.empty(max(1, batch * heads * self.entry.column_softmaxes * 2 * pad), dtype=torch.float32, device=device)
         args["seq_len"], args["num_heads"] = seq_len, heads
-        constants = dict(
-            HEAD_DIM=head_dim,
-            HEAD_DIM_PAD=pad,
-            HEAD_SCALE=head_dim**-0.5,
-            BLOCK_M=config.block_m,
-            BLOCK_N=config.block_n,
-            HAS_MASK=mask is not None,
-            IS_CAUSAL=self.entry.causal,
-            DOT_DTYPE=_triton_dtype(ref.dtype),
-            DOT_PRECISION=dot_precision(ref.dtype),
-        )
+        if saved is None:  # SAVE_FOR_BACKWARD is off: the pointers are never read
+            args["lse_ptr"] = args["saved_ptr"] = args["stats_ptr"]
+        else:
+            args["lse_ptr"], args["saved_ptr"] = saved["lse"], saved["contractions"]
+        constants = dict(self._constants(ref, config), HAS_MASK=mask is not None, SAVE_FOR_BACKWARD=saved is not None)
         for kernel in self.entry.kernels:
+            if kernel.backward:
+                continue
             fn = getattr(self.module, kernel.name)
             grid = (triton_cdiv(seq_len, config.block_m), batch * heads) if kernel.per_query_block else (batch * heads,)
             fn[grid](
@@ -154,25 +273,29 @@ class FusedAttention(torch.nn.Module):
         return out
 
 
+FusedAttention = CompiledAttention  # the name before the fused backward
+
+
 def triton_cdiv(a: int, b: int) -> int:
     return (a + b - 1) // b
 
 
-def load(compiled: Compiled, cache: KernelCache | None = None, options: dict | None = None) -> FusedAttention:
-    """The forward module of a lowered graph: fused kernels from the cache (built on a miss),
+def load(compiled: Compiled, cache: KernelCache | None = None, options: dict | None = None) -> CompiledAttention:
+    """The autograd module of a lowered graph: fused kernels from the cache (built on a miss),
     or the reference executor for a graph outside the fused class."""
     cache = cache or KernelCache()
     sched = schedule(compiled.simplified)
     if not sched.fused:
-        return FusedAttention(compiled, None, cache, reason=sched.reason)
+        return CompiledAttention(compiled, None, cache, reason=sched.reason)
     entry = cache.get_or_build(compiled, options)
-    return FusedAttention(compiled, entry, cache)
+    return CompiledAttention(compiled, entry, cache)
 
 
 def run_arrays(compiled: Compiled, arrays: dict, grad: bool = False, cache: KernelCache | None = None) -> dict:
-    """`genomec run --backend triton`: the forward (and with grad, reference-differentiated
-    gradients) of npz arrays. A graph outside the fused class runs on the reference executor,
-    and a line on stderr says so."""
+    """`genomec run --backend triton`: the forward (and with grad, the gradients: fused
+    backward kernels when the graph is in the backward class) of npz arrays. What runs on the
+    reference executor instead (a graph outside the fused class, a backward outside the
+    backward class) is said on stderr."""
     import sys
 
     module = load(compiled, cache)
@@ -181,6 +304,9 @@ def run_arrays(compiled: Compiled, arrays: dict, grad: bool = False, cache: Kern
               "ran it on the reference executor", file=sys.stderr)
     elif module.interpret:
         print("genomec run: no CUDA GPU; running the generated kernels on Triton's interpreter", file=sys.stderr)
+    if grad and module.fused and not module.backward_fused:
+        print(f"genomec run: the backward of graph {compiled.hash} is outside the fused backward class "
+              f"({module.backward_reason}); differentiated it through the reference executor", file=sys.stderr)
     shape = next(arrays[n] for n in ("q", "k", "v") if n in arrays).shape
     tensors = {}
     for name in ("q", "k", "v"):

@@ -1,6 +1,7 @@
 """Every kernel of the paper's genomes and of the zoo compiles ahead of time for sm_90 with
 zero spills, without a GPU (the CI check that generated kernels are GPU-ready)."""
 
+import dataclasses
 import os
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 if not torch.cuda.is_available():  # Triton's mode is fixed by its first import: interpret here
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from conftest import zoo_files
+from conftest import ROOT, zoo_files
 from genomec.codegen import generate, schedule
 from genomec.codegen.aot import compile_ahead_of_time, compile_modules_ahead_of_time, parse_arch
 from genomec.genome import attention_graphs, load_genome
@@ -48,13 +49,36 @@ def test_zoo_kernels_compile_for_sm90_without_spills(tmp_path, dtype, head_dim):
         assert 0 < r.registers <= 255 and r.shared_bytes <= 228 * 1024
 
 
+PAPER = ROOT / "genomes" / "autobert-zero.json"
+
+
+@pytest.mark.parametrize("dtype,head_dim", [("bf16", 64), ("fp16", 128)])
+def test_paper_backward_kernels_compile_for_sm90_without_spills(tmp_path, dtype, head_dim):
+    """Every attention graph of the paper's model, plain and causal: its backward is fused
+    (three kernels, with the backward tiles) and every kernel compiles with zero spills."""
+    modules = []
+    for graph in attention_graphs(load_genome(PAPER)):
+        for causal in (False, True):
+            generated = generate(lower(dataclasses.replace(graph, causal=causal)))
+            assert generated.backward.fused, generated.backward.reason
+            module = tmp_path / f"{generated.hash}.py"
+            module.write_text(generated.source)
+            modules.append((dataclasses.replace(generated, kernels=generated.backward_kernels), module))
+    results = compile_modules_ahead_of_time(modules, arch="sm_90", dtype=dtype, head_dim=head_dim)
+    report = [(g.hash, r.name, r.registers, r.spills) for (g, _), resources in zip(modules, results) for r in resources]
+    assert [name for _, name, _, _ in report] == ["attention_bwd_prepare", "attention_bwd_keys", "attention_bwd_queries"] * len(modules)
+    assert not [row for row in report if row[3]], f"backward kernels spill registers: {report}"
+    assert all(0 < registers <= 255 for _, _, registers, _ in report)
+
+
 def test_single_module_compiles_in_a_child_of_an_interpreting_process(tmp_path):
     (compiled,) = [c for c in fused_graphs() if c.simplified.inputs == ("q", "k", "v")][:1]
     generated = generate(compiled)
     module = tmp_path / "kernels.py"
     module.write_text(generated.source)
-    (resources,) = compile_ahead_of_time(generated, module, arch="sm_90", dtype="fp16", head_dim=64)
-    assert resources.name == "attention_fwd" and resources.spills == 0 and resources.compile_seconds > 0
+    resources = compile_ahead_of_time(generated, module, arch="sm_90", dtype="fp16", head_dim=64)
+    assert [r.name for r in resources] == ["attention_fwd", "attention_bwd_prepare", "attention_bwd_keys", "attention_bwd_queries"]
+    assert all(r.spills == 0 and r.compile_seconds > 0 for r in resources)
 
 
 def test_arch_names():

@@ -30,10 +30,11 @@ def test_compile_paper_model_writes_modules_and_manifest(tmp_path, capsys):
     assert len(graphs) == 5  # six attention layers, layers 5 and 7 share one graph
     assert sorted(i for g in graphs for i in g["layers"]) == [1, 3, 5, 7, 9, 11]
     for g in graphs:
-        assert g["fused"] and g["stages"] and [k["name"] for k in g["kernels"]] == ["attention_fwd"]
+        assert g["fused"] and g["stages"] and [k["name"] for k in g["kernels"]] == [
+            "attention_fwd", "attention_bwd_prepare", "attention_bwd_keys", "attention_bwd_queries"]
         source = (tmp_path / "out" / g["module"]).read_text()
         assert f"genome hash: {g['hash']}" in source
-    assert manifest["coverage"] == {"fused": 5, "graphs": 5}
+    assert manifest["coverage"] == {"fused": 5, "backward_fused": 5, "graphs": 5}
     assert "5 of 5 distinct attention graph(s) fused" in capsys.readouterr().out
 
 

@@ -1,4 +1,4 @@
-"""`genomec bench [-o DIR] [GENOME ...]`: the forward kernel suite of SPEC 7.
+"""`genomec bench [-o DIR] [GENOME ...]`: the kernel suite of SPEC 7, forward and forward+backward.
 
 With a CUDA GPU: timings against eager, torch.compile, FlexAttention and SDPA. Without one:
 front-end time, generated source size and ahead-of-time compile resources, and it says so.

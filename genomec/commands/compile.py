@@ -48,7 +48,8 @@ def handle(args) -> int:
         if not g["fused"]:
             print(f"  {g['hash']}{where}: fallback, runs on the reference executor: {g['reason']}")
             continue
-        print(f"  {g['hash']}{where}: fused, {len(g['stages'])} stage(s) -> {g['module']}")
+        backward = "fused backward" if g["backward"]["fused"] else f"backward on the reference executor: {g['backward']['reason']}"
+        print(f"  {g['hash']}{where}: fused, {len(g['stages'])} stage(s), {backward} -> {g['module']}")
         for k in g["kernels"]:
             if "registers" in k:
                 print(f"    {k['name']}: {k['registers']} registers, {k['spills']} bytes spilled, {k['shared_bytes']} B shared ({args.arch}, {args.dtype})")

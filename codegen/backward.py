@@ -1,0 +1,571 @@
+"""Reverse-mode differentiation of a fused attention graph, and its backward kernels (SPEC 3, Backward).
+
+The backward reuses the forward schedule's classification (query-side, key-side and pair
+values, contractions, post values) and walks it in reverse:
+
+    d_out --(post values, query rows)--> d c_m            c_m = matmul(a_m, x_m): contraction m
+    d a_m = d c_m @ x_m^T   (a pair tile)                  d x_m += a_m^T @ d c_m  (over queries)
+    back through the pair chain (registry VJPs; softmax over keys: dz = P * (dP - delta),
+      delta_i = sum_j P_ij dP_ij, P recomputed from the forward's log-sum-exp)
+    d score -> query side (dS @ key rows, over keys) and key side (dS^T @ query rows, over queries)
+    back through each token chain (registry VJPs) to d q, d k, d v
+
+`delta` is a row statistic: when the softmax is normalised online (it reaches every
+contraction linearly, so a_m = alpha_m P) it equals sum_m rowsum(d c_m * c_m) and needs no
+pass over keys; otherwise the prepare kernel computes it in a pass of its own.
+
+A graph with no pass over keys (kind "global") has [d,d] states G = X^T Y instead, or is
+pointwise in the token: its cotangent dG = sum_i x_i^T dy_i is reduced over the query rows
+by one program per head (then back through the [d,d] values), and spread back over the
+rows of X and Y (dX = Y dG^T, dY = X dG) by a per-token-block kernel.
+
+The backward class: a fused forward whose softmaxes over keys are not nested (one level),
+without softmaxes over tokens (column statistics) and without [d,d] states next to a pass
+over keys, and every op on the way with a derivative rule (the registry's `triton_vjp`, or
+a structural rule here). Other graphs keep the reference executor's backward, and
+`backward_schedule(...).reason` says why.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from genomec.genome.ops import OPS, TOKENS
+from genomec.ir.graph import GLOBAL_SPACE, INPUT_OP, IR, PAIR_SPACE
+
+from . import template as T
+from .emit import GLOBAL, KEY, PAIR, QUERY, Emitter, var
+from .schedule import SCORE_OPS, Schedule, _token_closure
+
+BACKWARD_KERNELS = ("attention_bwd_prepare", "attention_bwd_keys", "attention_bwd_queries")
+GLOBAL_BACKWARD_KERNELS = ("attention_bwd_global", "attention_bwd_query_rows", "attention_bwd_state_rows")
+BACKWARD_CONSTEXPRS = (
+    "HEAD_DIM", "HEAD_DIM_PAD", "HEAD_SCALE", "BLOCK_M", "BLOCK_N", "HAS_MASK", "IS_CAUSAL", "DOT_DTYPE", "DOT_PRECISION",
+)
+# Pointer parameters in the order kernels take them (a kernel takes those its body reads).
+POINTERS = (
+    "q_ptr", "k_ptr", "v_ptr", "mask_ptr", "global_ptr", "lse_ptr", "saved_ptr", "dout_ptr", "dcontraction_ptr", "delta_ptr",
+    "dglobal_ptr", "dq_ptr", "dk_ptr", "dv_ptr",
+)
+FP32_BUFFERS = ("lse_ptr", "saved_ptr", "dcontraction_ptr", "delta_ptr", "dglobal_ptr", "dq_ptr", "dk_ptr", "dv_ptr")
+
+
+@dataclass(frozen=True)
+class BackwardSchedule:
+    """What the backward kernels compute; `fused` False (with a reason) outside the class."""
+
+    fused: bool
+    reason: str | None = None
+    kind: str = "keys"  # "keys": loops over key/query blocks; "global": [d,d] states, no key loop
+    reductions: tuple[str, ...] = ()  # "global": the states the forward's reduction kernel wrote
+    global_values: tuple[str, ...] = ()  # "global": [d,d] values computed from them
+    reduction_values: tuple[str, ...] = ()  # "global": token values the reductions contract
+    softmaxes: tuple[str, ...] = ()  # over keys: log-sum-exp saved by the forward, one delta each
+    online: str | None = None  # the online softmax, whose delta is rowsum(dc * c)
+    contractions: tuple[str, ...] = ()  # values saved by the forward, cotangents by prepare
+    query_values: tuple[str, ...] = ()  # token values of the query rows (scores' left side, post operands)
+    score_query_values: tuple[str, ...] = ()  # those the scores need (recomputed per query block)
+    key_values: tuple[str, ...] = ()  # token values of the key rows
+    pair_values: tuple[str, ...] = ()
+    post_values: tuple[str, ...] = ()
+
+    @property
+    def kernels(self) -> tuple[str, ...]:
+        if not self.fused:
+            return ()
+        if self.kind == "global":  # without states, only the query rows have anything to do
+            return GLOBAL_BACKWARD_KERNELS if self.reductions else ("attention_bwd_query_rows",)
+        return BACKWARD_KERNELS
+
+
+class OutsideBackwardClass(Exception):
+    pass
+
+
+def backward_schedule(sched: Schedule) -> BackwardSchedule:
+    """Plan the backward of a fused forward schedule, or say why it is not fused."""
+    try:
+        return _plan(sched)
+    except OutsideBackwardClass as e:
+        return BackwardSchedule(fused=False, reason=str(e))
+
+
+def _plan(sched: Schedule) -> BackwardSchedule:
+    if not sched.fused:
+        raise OutsideBackwardClass(f"the forward is not fused ({sched.reason})")
+    ir, kinds = sched.ir, sched.kinds
+    attention = sched.attention
+    if sched.reduction is not None or attention.global_values or attention.globals_loaded or not attention.key_passes:
+        return _plan_global(sched)
+    passes = [p.kind for p in attention.key_passes]
+    if passes not in (["online"], ["accumulate"], ["statistics", "accumulate"]):
+        raise OutsideBackwardClass(f"key passes {passes}: nested softmaxes over keys are not in the fused backward yet")
+    accumulate = attention.key_passes[-1]
+    softmaxes = tuple(n for n in accumulate.pair_values if ir.node(n).op == "softmax")
+    if passes[0] == "statistics" and set(attention.key_passes[0].softmaxes) != set(softmaxes):
+        raise OutsideBackwardClass("softmaxes over keys at several levels: not in the fused backward yet")
+    for node_id in attention.query_values + accumulate.key_values + attention.post_values + accumulate.pair_values:
+        node = ir.node(node_id)
+        if node.op == INPUT_OP or node.op in SCORE_OPS and node.space == PAIR_SPACE:
+            continue
+        op = OPS[node.op]
+        structural = node.op == "transpose" and node.space != PAIR_SPACE or node.op == "softmax"
+        if op.triton_vjp is None and not structural:
+            raise OutsideBackwardClass(f"node '{node_id}' ({node.op}): no derivative rule in the fused backward")
+    score_lefts = [ir.node(p).operands[0] for p in accumulate.pair_values if ir.node(p).op in SCORE_OPS]
+    return BackwardSchedule(
+        fused=True,
+        softmaxes=softmaxes,
+        online=accumulate.softmaxes[0] if accumulate.kind == "online" else None,
+        contractions=accumulate.contractions,
+        query_values=attention.query_values,
+        score_query_values=_token_closure(ir, kinds, score_lefts),
+        key_values=accumulate.key_values,
+        pair_values=accumulate.pair_values,
+        post_values=attention.post_values,
+    )
+
+
+def _plan_global(sched: Schedule) -> BackwardSchedule:
+    """No pass over keys: [d,d] states G = X^T Y over tokens (none, for a graph that is
+    pointwise in the token), read by the query rows through [N,d] @ [d,d] products, and no
+    softmax over tokens."""
+    ir, attention, reduction = sched.ir, sched.attention, sched.reduction
+    if sched.column_softmaxes:
+        raise OutsideBackwardClass("a softmax over tokens (column statistics): backward not fused yet")
+    if attention.key_passes:
+        raise OutsideBackwardClass("[d,d] states together with a pass over keys: backward not fused yet")
+    reductions, reduction_values = (reduction.reductions, reduction.reduction_values) if reduction else ((), ())
+    for node_id in attention.query_values + attention.global_values + reduction_values + attention.post_values:
+        node = ir.node(node_id)
+        if node.op in (INPUT_OP, "transpose", "matmul") or OPS[node.op].triton_vjp is not None:
+            continue
+        if node.op == "softmax" and node.shape[1] != TOKENS:
+            continue
+        raise OutsideBackwardClass(f"node '{node_id}' ({node.op}): no derivative rule in the fused backward")
+    return BackwardSchedule(
+        fused=True,
+        kind="global",
+        reductions=reductions,
+        global_values=attention.global_values,
+        reduction_values=reduction_values,
+        query_values=attention.query_values,
+        post_values=attention.post_values,
+    )
+
+
+def format_backward(plan: BackwardSchedule) -> str:
+    if not plan.fused:
+        return f"backward: reference executor ({plan.reason})"
+    if plan.kind == "global" and not plan.reductions:
+        return "backward kernels: attention_bwd_query_rows (token blocks; the graph is pointwise in the token)"
+    if plan.kind == "global":
+        return "\n".join(
+            [
+                "backward kernels: attention_bwd_global (batch x heads), attention_bwd_query_rows and attention_bwd_state_rows (token blocks)",
+                f"  states read back from the forward: {', '.join(plan.reductions)}",
+            ]
+        )
+    delta = "rowsum(dc * c)" if plan.online else ("a pass over key blocks" if plan.softmaxes else "-")
+    return "\n".join(
+        [
+            "backward kernels: attention_bwd_prepare (query blocks), attention_bwd_keys (key blocks), attention_bwd_queries (query blocks)",
+            f"  saved by the forward: log-sum-exp of {', '.join(plan.softmaxes) or '-'}; contractions {', '.join(plan.contractions)}",
+            f"  softmax row terms delta: {delta}",
+        ]
+    )
+
+
+# -- emission ----------------------------------------------------------------------------
+
+
+class _RecomputeEmitter(Emitter):
+    """The forward's emitter, with every softmax over keys recomputed from its saved
+    log-sum-exp: P = exp(z - lse) where the pair takes part, else 0."""
+
+    def _softmax(self, node_id: str, rows: str, x: str) -> list[str]:
+        if self.ir.node(node_id).space == PAIR_SPACE:
+            return [f"{var(node_id, rows)} = tl.where(keep, tl.exp({x} - {node_id}_lse[:, None]), 0.0)"]
+        return super()._softmax(node_id, rows, x)
+
+
+def grad(node_id: str, rows: str) -> str:
+    return f"d{node_id}_{rows}"
+
+
+class _Backprop:
+    """Emits cotangent lines in reverse order. `grads` holds the nodes (with their rows)
+    that have a cotangent variable so far."""
+
+    def __init__(self, ir: IR, emitter: Emitter, global_cotangents: bool = False):
+        self.ir = ir
+        self.emitter = emitter
+        # token x [d,d] products: also accumulate the [d,d] operand's cotangent over the
+        # rows (`acc_d<node>`, summed over token blocks by the caller's loop)
+        self.global_cotangents = global_cotangents
+        self.accumulated: list[str] = []
+        self.grads: set[tuple[str, str]] = set()
+        self.lines: list[str] = []
+
+    def seed(self, node_id: str, rows: str, expr: str) -> None:
+        self.add(node_id, rows, expr)
+
+    def load_output_grad(self) -> None:
+        """d_out of the query rows, as the cotangent of the output node."""
+        self.grads.add((self.ir.output, QUERY))
+        self.lines.append(T.LOAD_OUTPUT_GRAD.format(out=self.ir.output))
+
+    def add(self, node_id: str, rows: str, expr: str) -> None:
+        name = grad(node_id, rows)
+        if (node_id, rows) in self.grads:
+            self.lines.append(f"{name} = {name} + {expr}")
+        else:
+            self.grads.add((node_id, rows))
+            self.lines.append(f"{name} = {expr}")
+
+    def has(self, node_id: str, rows: str) -> bool:
+        return (node_id, rows) in self.grads
+
+    def through(self, nodes, rows: str, stop=lambda node_id: False) -> None:
+        """Back through `nodes` (given in forward order), each held for `rows`."""
+        for node_id in reversed(list(nodes)):
+            if not self.has(node_id, rows) or stop(node_id):
+                continue
+            node = self.ir.node(node_id)
+            if node.op == INPUT_OP or node.op in SCORE_OPS and node.space == PAIR_SPACE:
+                continue  # leaves: inputs; scores go to both sides through the kernel templates
+            g = grad(node_id, rows)
+            operand_rows = [self.emitter.rows_of(o, rows) for o in node.operands]
+            if node.op == "softmax" and node.space == PAIR_SPACE:  # over keys
+                self.add(node.operands[0], PAIR, f"tl.where(keep, {var(node_id, PAIR)} * ({g} - {node_id}_delta[:, None]), 0.0)")
+            elif node.op == "softmax":  # over the head dim, per row
+                assert node.shape[1] != TOKENS
+                self.add(node.operands[0], rows, f"_softmax_over_head_dim_vjp({var(node_id, rows)}, {g}, dim_ok)")
+            elif node.op == "transpose":  # token rows are held the same way round; a [d,d] value flips
+                self.add(node.operands[0], rows, f"tl.trans({g})" if rows == GLOBAL else g)
+            elif node.op == "matmul":
+                self._matmul(node, rows, g)
+            else:
+                values = dict(zip("xy", (var(o, r) for o, r in zip(node.operands, operand_rows))))
+                for operand, r, rule in zip(node.operands, operand_rows, OPS[node.op].triton_vjp):
+                    self.add(operand, r, "(" + rule.format(out=var(node_id, rows), grad=g, **values) + ")")
+
+
+    def _matmul(self, node, rows: str, g: str) -> None:
+        a, b = node.operands
+        a_global, b_global = (self.ir.node(o).space == GLOBAL_SPACE for o in (a, b))
+        masked = f"tl.where(dim_ok, {g}, 0.0)"
+        if rows == GLOBAL:  # [d,d] @ [d,d]: dA = g B^T, dB = A^T g
+            g_block = f"tl.where(head_block_ok, {g}, 0.0)"
+            self.add(a, GLOBAL, f"_dot({g_block}, tl.trans({var(b, GLOBAL)}), DOT_DTYPE, DOT_PRECISION)")
+            self.add(b, GLOBAL, f"_dot(tl.trans({var(a, GLOBAL)}), {g_block}, DOT_DTYPE, DOT_PRECISION)")
+        elif b_global:  # rows [N,d] @ [d,d]: dx = g G^T, dG = x^T g
+            self.add(a, rows, f"_dot({masked}, tl.trans({var(b, GLOBAL)}), DOT_DTYPE, DOT_PRECISION)")
+            if self.global_cotangents:
+                self._accumulate_global(b, f"_dot(tl.trans(tl.where(dim_ok, {var(a, rows)}, 0.0)), {masked}, DOT_DTYPE, DOT_PRECISION)")
+        elif a_global:  # [d,d] @ [d,N], held transposed: out_i = x_i G^T, so dx = g G, dG = g^T x
+            self.add(b, rows, f"_dot({masked}, {var(a, GLOBAL)}, DOT_DTYPE, DOT_PRECISION)")
+            if self.global_cotangents:
+                self._accumulate_global(a, f"_dot(tl.trans({masked}), tl.where(dim_ok, {var(b, rows)}, 0.0), DOT_DTYPE, DOT_PRECISION)")
+        else:
+            raise AssertionError(f"no backward rule for {node}")
+
+    def _accumulate_global(self, node_id: str, expr: str) -> None:
+        if node_id not in self.accumulated:
+            self.accumulated.append(node_id)
+        self.lines.append(f"acc_d{node_id} += {expr}")
+
+
+def _indent(lines, spaces: int) -> str:
+    pad = " " * spaces
+    return "\n".join(pad + line for text in lines for line in text.split("\n")) if lines else pad + "# (none)"
+
+
+def _params(text: str) -> tuple[str, ...]:
+    return tuple(p for p in POINTERS if re.search(rf"\b{p}\b", text)) + ("seq_len", "num_heads")
+
+
+def forward_save_lines(plan: BackwardSchedule) -> str:
+    """The forward's SAVE_FOR_BACKWARD block: log-sum-exp per softmax, contraction values."""
+    lines = [T.SAVE_LSE.format(s=s, index=i, count=len(plan.softmaxes)) for i, s in enumerate(plan.softmaxes)]
+    lines += [T.SAVE_CONTRACTION.format(c=c, index=i, count=len(plan.contractions)) for i, c in enumerate(plan.contractions)]
+    return T.SAVE_FOR_BACKWARD.format(lines=_indent(lines, 8))
+
+
+def generate_backward(sched: Schedule, plan: BackwardSchedule) -> list[tuple[str, str, tuple[str, ...]]]:
+    """(kernel name, source, params) of the backward kernels, in launch order."""
+    ir = sched.ir
+    if plan.kind == "global":
+        kernels = {
+            "attention_bwd_global": lambda: _global_kernel(ir, sched, plan),
+            "attention_bwd_query_rows": lambda: _query_rows_kernel(ir, sched, plan),
+            "attention_bwd_state_rows": lambda: _state_rows_kernel(ir, sched, plan),
+        }
+        return [_named(name, kernels[name]()) for name in plan.kernels]
+    return [
+        _named(name, text)
+        for name, text in (
+            ("attention_bwd_prepare", _prepare_kernel(ir, sched.kinds, plan)),
+            ("attention_bwd_keys", _keys_kernel(ir, sched.kinds, plan)),
+            ("attention_bwd_queries", _queries_kernel(ir, sched.kinds, plan)),
+        )
+    ]
+
+
+def _named(name: str, body_template: str):
+    params = _params(body_template)
+    return name, body_template.replace("{params}", " ".join(p + "," for p in params)), params
+
+
+def _emit_all(emitter: Emitter, nodes, rows: str) -> list[str]:
+    return [line for n in nodes for line in emitter.emit(n, rows)]
+
+
+def _statistics_loads(plan: BackwardSchedule, with_delta: bool) -> list[str]:
+    count = len(plan.softmaxes)
+    lines = [T.LOAD_LSE.format(s=s, index=i, count=count) for i, s in enumerate(plan.softmaxes)]
+    if with_delta:
+        lines += [T.LOAD_DELTA.format(s=s, index=i, count=count) for i, s in enumerate(plan.softmaxes)]
+    return lines
+
+
+def _pair_backprop(ir: IR, emitter: Emitter, plan: BackwardSchedule, stop=lambda n: False) -> _Backprop:
+    """Cotangent tiles of the pair values: seeded by the contractions (d a = d c @ x^T),
+    back through the pair chain to the scores."""
+    backprop = _Backprop(ir, emitter)
+    for c in plan.contractions:
+        a, x = ir.node(c).operands
+        backprop.seed(a, PAIR, f"tl.where(keep, _dot({grad(c, QUERY)}, tl.trans({var(x, KEY)}), DOT_DTYPE, DOT_PRECISION), 0.0)")
+    backprop.through(plan.pair_values, PAIR, stop=stop)
+    return backprop
+
+
+def _score_grads(ir: IR, emitter: Emitter, plan: BackwardSchedule, backprop: _Backprop, left: bool) -> list[tuple[str, str]]:
+    """(token value, cotangent expression) per score side reached: the query side (left)
+    accumulates over keys, the key side over queries."""
+    result = []
+    for s in plan.pair_values:
+        node = ir.node(s)
+        if node.op not in SCORE_OPS or not backprop.has(s, PAIR):
+            continue
+        x, y = node.operands
+        ds = f"tl.where(keep, {grad(s, PAIR)}, 0.0)"
+        if node.op == "matmul":
+            expr = (
+                f"_dot({ds}, {var(y, KEY)}, DOT_DTYPE, DOT_PRECISION)"
+                if left
+                else f"_dot(tl.trans({ds}), {emitter.head_masked(x, QUERY)}, DOT_DTYPE, DOT_PRECISION)"
+            )
+        else:
+            helper = "_cosine_scores_vjp" if node.op == "cos" else "_euclidean_scores_vjp"
+            expr = f"{helper}({var(x, QUERY)}, {var(y, KEY)}, {var(s, PAIR)}, {ds}, dim_ok, {left}, DOT_DTYPE, DOT_PRECISION)"
+        result.append((x if left else y, expr))
+    return result
+
+
+def _prepare_kernel(ir: IR, kinds: dict, plan: BackwardSchedule) -> str:
+    emitter = _RecomputeEmitter(ir, kinds)
+    count = len(plan.contractions)
+    lines = [T.LOAD_CONTRACTION.format(c=c, index=i, count=count) for i, c in enumerate(plan.contractions)]
+    lines += _emit_all(emitter, plan.post_values, QUERY)
+    lines.append("# -- cotangents of the contractions: back through the post values from d_out --")
+    backprop = _Backprop(ir, emitter)
+    backprop.load_output_grad()
+    backprop.through(plan.post_values, QUERY)
+    lines += backprop.lines
+    for i, c in enumerate(plan.contractions):
+        if not backprop.has(c, QUERY):
+            lines.append(f"{grad(c, QUERY)} = tl.zeros([BLOCK_M, HEAD_DIM_PAD], tl.float32)")
+        lines.append(T.STORE_CONTRACTION_GRAD.format(c=c, index=i, count=count))
+    query_values = _emit_all(emitter, plan.query_values, QUERY)
+    body = [_indent(lines, 4)]
+
+    softmax_count = len(plan.softmaxes)
+    if plan.online:  # delta = sum_m rowsum(dc_m * c_m): the contractions are linear in P
+        s = plan.online
+        terms = " + ".join(f"tl.sum(tl.where(dim_ok, {grad(c, QUERY)} * {var(c, QUERY)}, 0.0), 1)" for c in plan.contractions)
+        body.append(_indent(["# -- softmax row term: delta = sum_j P dP = rowsum(dc * c) --", f"{s}_delta = {terms}",
+                             T.STORE_DELTA.format(s=s, index=0, count=softmax_count)], 4))
+    elif plan.softmaxes:  # delta = sum_j P_ij dP_ij over the key blocks
+        below_softmax = _downstream_of(ir, plan.softmaxes, plan.pair_values)
+        key_values = _emit_all(emitter, plan.key_values, KEY)
+        pair_values = _emit_all(emitter, plan.pair_values, PAIR)
+        pair = _pair_backprop(ir, emitter, plan, stop=lambda n: n not in below_softmax or n in plan.softmaxes)
+        update = [T.DELTA_UPDATE.format(s=s, p=var(s, PAIR)) for s in plan.softmaxes if pair.has(s, PAIR)]
+        body.append(
+            T.BACKWARD_KEY_LOOP.format(
+                title="pass over key blocks: softmax row terms delta = sum_j P dP",
+                init=_indent(_statistics_loads(plan, False) + [T.DELTA_INIT.format(s=s) for s in plan.softmaxes], 4),
+                key_values=_indent(key_values, 8),
+                pair_values=_indent(pair_values, 8),
+                pair_grads=_indent(pair.lines, 8),
+                update_title="accumulate delta",
+                update=_indent(update, 8),
+                finish=_indent([T.STORE_DELTA.format(s=s, index=i, count=softmax_count) for i, s in enumerate(plan.softmaxes)], 4),
+            )
+        )
+    return T.BACKWARD_QUERY_PROGRAM.format(name="attention_bwd_prepare", params="{params}",
+                                           query_values=_indent(query_values, 4), body="\n".join(body))
+
+
+def _downstream_of(ir: IR, roots, nodes) -> set[str]:
+    downstream = set(roots)
+    for n in nodes:
+        if any(o in downstream for o in ir.node(n).operands):
+            downstream.add(n)
+    return downstream
+
+
+def _contraction_grad_loads(plan: BackwardSchedule) -> list[str]:
+    count = len(plan.contractions)
+    return [T.LOAD_CONTRACTION_GRAD.format(c=c, index=i, count=count) for i, c in enumerate(plan.contractions)]
+
+
+def _input_grad_stores(backprop: _Backprop, rows: str, offs: str) -> list[str]:
+    return [T.ADD_INPUT_GRAD.format(name=n, offs=offs, grad=grad(n, rows)) for n in ("q", "k", "v") if backprop.has(n, rows)]
+
+
+def _keys_kernel(ir: IR, kinds: dict, plan: BackwardSchedule) -> str:
+    emitter = _RecomputeEmitter(ir, kinds)
+    pair = _pair_backprop(ir, emitter, plan)
+    # key-side cotangents: the values of the contractions, the key side of the scores
+    updates: list[tuple[str, str]] = []
+    for c in plan.contractions:
+        a, x = ir.node(c).operands
+        updates.append((x, f"_dot(tl.trans(tl.where(keep, {var(a, PAIR)}, 0.0)), {grad(c, QUERY)}, DOT_DTYPE, DOT_PRECISION)"))
+    updates += _score_grads(ir, emitter, plan, pair, left=False)
+    accumulated = list(dict.fromkeys(x for x, _ in updates))
+    key_backprop = _Backprop(ir, emitter)
+    for x in accumulated:
+        key_backprop.seed(x, KEY, f"acc_d{x}")
+    key_backprop.through(plan.key_values, KEY)
+    query_values = _emit_all(emitter, plan.score_query_values, QUERY) + _statistics_loads(plan, True) + _contraction_grad_loads(plan)
+    text = T.BACKWARD_KEY_PROGRAM.format(
+        name="attention_bwd_keys",
+        params="{params}",
+        key_values=_indent(_emit_all(emitter, plan.key_values, KEY), 4),
+        init=_indent([T.GRAD_ACCUMULATOR_INIT.format(x=x, rows="BLOCK_N") for x in accumulated], 4),
+        query_values=_indent(query_values, 8),
+        pair_values=_indent(_emit_all(emitter, plan.pair_values, PAIR), 8),
+        pair_grads=_indent(pair.lines, 8),
+        update=_indent([f"acc_d{x} += {expr}" for x, expr in updates], 8),
+        key_grads=_indent(key_backprop.lines + _input_grad_stores(key_backprop, KEY, "offs_n"), 4),
+    )
+    return text
+
+
+def _queries_kernel(ir: IR, kinds: dict, plan: BackwardSchedule) -> str:
+    emitter = _RecomputeEmitter(ir, kinds)
+    pair = _pair_backprop(ir, emitter, plan)
+    updates = _score_grads(ir, emitter, plan, pair, left=True)
+    accumulated = list(dict.fromkeys(x for x, _ in updates))
+    loop = T.BACKWARD_KEY_LOOP.format(
+        title="pass over key blocks: query-side cotangents of the scores",
+        init=_indent([T.GRAD_ACCUMULATOR_INIT.format(x=x, rows="BLOCK_M") for x in accumulated], 4),
+        key_values=_indent(_emit_all(emitter, plan.key_values, KEY), 8),
+        pair_values=_indent(_emit_all(emitter, plan.pair_values, PAIR), 8),
+        pair_grads=_indent(pair.lines, 8),
+        update_title="accumulate the query-side cotangents over keys",
+        update=_indent([f"acc_d{x} += {expr}" for x, expr in updates], 8),
+        finish="",
+    )
+    # after the loop: the post values' share, then back through the query-side chains
+    count = len(plan.contractions)
+    query_backprop = _Backprop(ir, emitter)
+    for x in accumulated:
+        query_backprop.seed(x, QUERY, f"acc_d{x}")
+    post = [T.LOAD_CONTRACTION.format(c=c, index=i, count=count) for i, c in enumerate(plan.contractions)]
+    post += _emit_all(emitter, plan.post_values, QUERY)
+    if ir.output not in plan.contractions:
+        query_backprop.load_output_grad()
+        nodes = [n for n in ir.order() if n in set(plan.query_values) | set(plan.post_values)]
+        query_backprop.through(nodes, QUERY)
+    else:
+        query_backprop.through(plan.query_values, QUERY)
+    tail = ["# -- the post values' share, and back through the query-side values to the inputs' query rows --"]
+    tail += (post if ir.output not in plan.contractions else []) + query_backprop.lines
+    tail += _input_grad_stores(query_backprop, QUERY, "offs_m")
+    query_values = _emit_all(emitter, plan.query_values, QUERY) + _statistics_loads(plan, True) + _contraction_grad_loads(plan)
+    return T.BACKWARD_QUERY_PROGRAM.format(
+        name="attention_bwd_queries",
+        params="{params}",
+        query_values=_indent(query_values, 4),
+        body=loop + "\n" + _indent(tail, 4),
+    )
+
+
+# -- [d,d] states ------------------------------------------------------------------------
+
+
+def _global_value_lines(emitter: Emitter, sched: Schedule, plan: BackwardSchedule) -> list[str]:
+    count = len(sched.reductions)
+    lines = [T.GLOBAL_LOAD.format(r=r, index=sched.reductions.index(r), count=count) for r in plan.reductions]
+    return lines + _emit_all(emitter, plan.global_values, GLOBAL)
+
+
+def _query_backprop(ir: IR, emitter: Emitter, plan: BackwardSchedule, global_cotangents: bool) -> _Backprop:
+    """From d_out back through the query rows' token values (and post values)."""
+    backprop = _Backprop(ir, emitter, global_cotangents=global_cotangents)
+    backprop.load_output_grad()
+    nodes = [n for n in ir.order() if n in set(plan.query_values) | set(plan.post_values)]
+    backprop.through(nodes, QUERY)
+    return backprop
+
+
+def _global_kernel(ir: IR, sched: Schedule, plan: BackwardSchedule) -> str:
+    emitter = Emitter(ir, sched.kinds)
+    query = _query_backprop(ir, emitter, plan, global_cotangents=True)
+    # the accumulated [d,d] cotangents, then back through the [d,d] values to the states
+    states = _Backprop(ir, emitter)
+    for g in query.accumulated:
+        states.seed(g, GLOBAL, f"acc_d{g}")
+    states.through(plan.global_values, GLOBAL)
+    count = len(sched.reductions)
+    stores = [
+        T.GLOBAL_GRAD_STORE.format(index=sched.reductions.index(r), count=count,
+                                   grad=grad(r, GLOBAL) if states.has(r, GLOBAL) else "tl.zeros([HEAD_DIM_PAD, HEAD_DIM_PAD], tl.float32)")
+        for r in plan.reductions
+    ]
+    query_lines = [line for line in query.lines if not line.startswith("acc_d")]
+    updates = [line for line in query.lines if line.startswith("acc_d")]
+    return T.BACKWARD_GLOBAL_PROGRAM.format(
+        name="attention_bwd_global",
+        params="{params}",
+        global_values=_indent(_global_value_lines(emitter, sched, plan), 4),
+        init=_indent([T.GLOBAL_GRAD_INIT.format(g=g) for g in query.accumulated], 4),
+        query_values=_indent(_emit_all(emitter, plan.query_values, QUERY) + query_lines, 8),
+        update=_indent(updates, 8),
+        global_grads=_indent(states.lines + stores, 4),
+    )
+
+
+def _input_grad_adds(backprop: _Backprop, rows: str) -> list[str]:
+    return [T.ADD_INPUT_GRAD.format(name=n, offs="offs_m", grad=grad(n, rows)) for n in ("q", "k", "v") if backprop.has(n, rows)]
+
+
+def _query_rows_kernel(ir: IR, sched: Schedule, plan: BackwardSchedule) -> str:
+    emitter = Emitter(ir, sched.kinds)
+    query = _query_backprop(ir, emitter, plan, global_cotangents=False)
+    values = _global_value_lines(emitter, sched, plan) + _emit_all(emitter, plan.query_values, QUERY) + query.lines
+    return T.BACKWARD_TOKEN_PROGRAM.format(
+        name="attention_bwd_query_rows", params="{params}", title="query rows: back from d_out",
+        values=_indent(values, 4), store=_indent(_input_grad_adds(query, QUERY), 4),
+    )
+
+
+def _state_rows_kernel(ir: IR, sched: Schedule, plan: BackwardSchedule) -> str:
+    emitter = Emitter(ir, sched.kinds)
+    count = len(sched.reductions)
+    keys = _Backprop(ir, emitter)
+    values = [T.GLOBAL_GRAD_LOAD.format(r=r, index=sched.reductions.index(r), count=count) for r in plan.reductions]
+    for r in plan.reductions:  # G = X^T Y over the real tokens: dX = Y dG^T, dY = X dG
+        x, y = ir.node(r).operands
+        keys.seed(x, KEY, f"tl.where(token_ok[:, None], _dot({emitter.head_masked(y, KEY)}, tl.trans(d{r}_g), DOT_DTYPE, DOT_PRECISION), 0.0)")
+        keys.seed(y, KEY, f"_dot(tl.where(token_ok[:, None] & dim_ok, {var(x, KEY)}, 0.0), d{r}_g, DOT_DTYPE, DOT_PRECISION)")
+    keys.through(plan.reduction_values, KEY)
+    values += _emit_all(emitter, plan.reduction_values, KEY) + keys.lines
+    return T.BACKWARD_TOKEN_PROGRAM.format(
+        name="attention_bwd_state_rows", params="{params}", title="rows of the reductions' operands: back from each state's cotangent",
+        values=_indent(values, 4), store=_indent(_input_grad_adds(keys, KEY), 4),
+    )
