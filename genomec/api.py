@@ -118,13 +118,10 @@ def write_npz_atomic(path: str | Path, **arrays: np.ndarray) -> None:
         raise
 
 
-def run_reference(
-    compiled: Compiled, arrays: dict[str, np.ndarray], grad: bool = False
-) -> dict[str, np.ndarray]:
-    """Execute with the reference executor: {"out"} and, with grad, {"dq", "dk", "dv"}."""
+def run_forward(forward, arrays: dict[str, np.ndarray], grad: bool = False) -> dict[str, np.ndarray]:
+    """Run `forward(q, k, v, mask=...)` on npz arrays: {"out"} and, with grad, {"dq", "dk",
+    "dv"} for `grad_out` (zeros for an input the graph does not read)."""
     import torch
-
-    from genomec.ir import execute
 
     shape = next(arrays[n] for n in ("q", "k", "v") if n in arrays).shape
     tensors = {}
@@ -132,7 +129,7 @@ def run_reference(
         t = torch.from_numpy(arrays[name]) if name in arrays else torch.zeros(shape)
         tensors[name] = t.clone().requires_grad_(grad)
     mask = torch.from_numpy(arrays["mask"]) if "mask" in arrays else None
-    out = execute(compiled.simplified, tensors["q"], tensors["k"], tensors["v"], mask=mask)
+    out = forward(tensors["q"], tensors["k"], tensors["v"], mask=mask)
     result = {"out": out.detach().numpy()}
     if grad:
         out.backward(torch.from_numpy(arrays["grad_out"]))
@@ -140,3 +137,10 @@ def run_reference(
             g = tensors[name].grad
             result["d" + name] = (torch.zeros(shape) if g is None else g).numpy()
     return result
+
+
+def run_reference(compiled: Compiled, arrays: dict[str, np.ndarray], grad: bool = False) -> dict[str, np.ndarray]:
+    """`genomec run --backend reference`: the reference executor, torch autograd for grads."""
+    from genomec.ir import execute
+
+    return run_forward(lambda q, k, v, mask: execute(compiled.simplified, q, k, v, mask=mask), arrays, grad)

@@ -289,35 +289,3 @@ def load(compiled: Compiled, cache: KernelCache | None = None, options: dict | N
         return CompiledAttention(compiled, None, cache, reason=sched.reason)
     entry = cache.get_or_build(compiled, options)
     return CompiledAttention(compiled, entry, cache)
-
-
-def run_arrays(compiled: Compiled, arrays: dict, grad: bool = False, cache: KernelCache | None = None) -> dict:
-    """`genomec run --backend triton`: the forward (and with grad, the gradients: fused
-    backward kernels when the graph is in the backward class) of npz arrays. What runs on the
-    reference executor instead (a graph outside the fused class, a backward outside the
-    backward class) is said on stderr."""
-    import sys
-
-    module = load(compiled, cache)
-    if not module.fused:
-        print(f"genomec run: graph {compiled.hash} is outside the fused class ({module.reason}); "
-              "ran it on the reference executor", file=sys.stderr)
-    elif module.interpret:
-        print("genomec run: no CUDA GPU; running the generated kernels on Triton's interpreter", file=sys.stderr)
-    if grad and module.fused and not module.backward_fused:
-        print(f"genomec run: the backward of graph {compiled.hash} is outside the fused backward class "
-              f"({module.backward_reason}); differentiated it through the reference executor", file=sys.stderr)
-    shape = next(arrays[n] for n in ("q", "k", "v") if n in arrays).shape
-    tensors = {}
-    for name in ("q", "k", "v"):
-        t = torch.from_numpy(arrays[name]) if name in arrays else torch.zeros(shape)
-        tensors[name] = t.clone().requires_grad_(grad)
-    mask = torch.from_numpy(arrays["mask"]) if "mask" in arrays else None
-    out = module(tensors["q"], tensors["k"], tensors["v"], mask=mask)
-    result = {"out": out.detach().numpy()}
-    if grad:
-        out.backward(torch.from_numpy(arrays["grad_out"]))
-        for name in ("q", "k", "v"):
-            g = tensors[name].grad
-            result["d" + name] = (torch.zeros(shape) if g is None else g).numpy()
-    return result

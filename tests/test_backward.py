@@ -91,15 +91,21 @@ def check_gradients(compiled, cache, shape, mask=True, dtype=torch.float32, seed
     module(*ours, mask=padding).backward(grad_out)
     reference = [t.double().requires_grad_(True) if n in used else None for t, n in zip(inputs, "qkv")]
     execute(compiled.simplified, *reference, mask=padding).backward(grad_out.double())
-    errors = {}
-    for name, a, b in zip("qkv", ours, reference):
+    # The same computation in this dtype through the reference executor: how well-conditioned
+    # the graph is (sqrt near 0 amplifies rounding). Ours must be as good, within a factor.
+    same_dtype = [t.clone().requires_grad_(True) if n in used else None for t, n in zip(inputs, "qkv")]
+    execute(compiled.simplified, *same_dtype, mask=padding).backward(grad_out)
+    errors, reference_errors = {}, {}
+    for name, a, b, c in zip("qkv", ours, reference, same_dtype):
         if a is None:
             continue
         assert a.grad.dtype == dtype and a.grad.shape == a.shape
         errors[name] = relative_error(a.grad, b.grad)
+        reference_errors[name] = relative_error(c.grad, b.grad)
         if padding is not None:
             assert (a.grad.transpose(1, 2)[~padding] == 0).all(), f"d{name} of padded tokens must be exactly 0"
-    assert max(errors.values()) <= tolerance, f"relative gradient errors {errors}"
+    allowed = max(tolerance, 4 * max(reference_errors.values()))
+    assert max(errors.values()) <= allowed, f"relative gradient errors {errors}; the {dtype} reference's {reference_errors}"
     return module, spy.calls, errors
 
 

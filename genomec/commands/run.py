@@ -3,17 +3,31 @@
 from __future__ import annotations
 
 import json
+import sys
 
-from genomec.api import read_run_inputs, run_reference, select_graph, write_npz_atomic
+from genomec.api import read_run_inputs, run_forward, run_reference, select_graph, write_npz_atomic
 from genomec.genome import load_genome
 from genomec.ir import lower
 
 
 def run_triton(compiled, arrays, grad):
-    """Fused Triton kernels (on the CPU interpreter without a GPU); fallback graphs say so."""
-    from genomec.runtime.launch import run_arrays
+    """Fused Triton kernels, forward and (with grad) backward, on Triton's interpreter
+    without a GPU. What runs on the reference executor instead is said on stderr."""
+    from genomec.runtime import load
 
-    return run_arrays(compiled, arrays, grad)
+    module = load(compiled)
+    if not module.fused:
+        note(f"graph {compiled.hash} is outside the fused class ({module.reason}); ran it on the reference executor")
+    elif module.interpret:
+        note("no CUDA GPU; running the generated kernels on Triton's interpreter")
+    if grad and module.fused and not module.backward_fused:
+        note(f"the backward of graph {compiled.hash} is outside the fused backward class "
+             f"({module.backward_reason}); differentiated it through the reference executor")
+    return run_forward(module, arrays, grad)
+
+
+def note(message: str) -> None:
+    print(f"genomec run: {message}", file=sys.stderr)
 
 
 # backend name -> fn(compiled, arrays, grad) -> {"out", and with grad "dq", "dk", "dv"}
