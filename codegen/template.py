@@ -109,17 +109,9 @@ TOKEN_LOOP = '''
 {update}
 {finish}'''
 
-# One program per (batch, head, query block).
-ATTENTION_KERNEL = '''
-
-@triton.jit
-def {name}(
-    {params}
-    HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, HEAD_SCALE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_MASK: tl.constexpr, IS_CAUSAL: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,{save_constexpr}
-):
-    # -- program: one query block of one (batch, head) --
+# The start of every program that owns one query block (forward, backward prepare and
+# queries kernels): its rows, the head-dim columns in use, and how far its key loop runs.
+QUERY_BLOCK_SETUP = '''    # -- program: one query block of one (batch, head) --
     block_m = tl.program_id(0)
     batch_head = tl.program_id(1)
     batch = batch_head // num_heads
@@ -133,7 +125,19 @@ def {name}(
     key_end = seq_len
     if IS_CAUSAL:
         key_end = tl.minimum(seq_len, (block_m + 1) * BLOCK_M)
+'''
 
+# One program per (batch, head, query block).
+ATTENTION_KERNEL = '''
+
+@triton.jit
+def {name}(
+    {params}
+    HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, HEAD_SCALE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_MASK: tl.constexpr, IS_CAUSAL: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,{save_constexpr}
+):
+''' + QUERY_BLOCK_SETUP + '''
     # -- global values --
 {global_values}
 
@@ -313,21 +317,7 @@ def {name}(
 
 # One program per query block (prepare and queries kernels): query rows fixed, keys loop.
 BACKWARD_QUERY_PROGRAM = BACKWARD_PROLOGUE + '''
-    # -- program: one query block of one (batch, head) --
-    block_m = tl.program_id(0)
-    batch_head = tl.program_id(1)
-    batch = batch_head // num_heads
-    head_offset = batch_head.to(tl.int64) * seq_len * HEAD_DIM
-    offs_m = block_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, HEAD_DIM_PAD)
-    dim_ok = offs_d[None, :] < HEAD_DIM
-    query_ok = offs_m < seq_len
-    if HAS_MASK:
-        query_ok = query_ok & (tl.load(mask_ptr + batch * seq_len + offs_m, mask=offs_m < seq_len, other=0) != 0)
-    key_end = seq_len
-    if IS_CAUSAL:
-        key_end = tl.minimum(seq_len, (block_m + 1) * BLOCK_M)
-
+''' + QUERY_BLOCK_SETUP + '''
     # -- query-side values, saved statistics and cotangents --
 {query_values}
 {body}
