@@ -30,3 +30,15 @@ def pytest_collection_modifyitems(config, items):
 
 def zoo_files() -> list[Path]:
     return sorted(GENOMES.glob("*.json"))
+
+
+def zoo_graphs() -> list:
+    """(name, attention genome), one per distinct graph (structural hash) of the zoo."""
+    from genomec.genome import attention_graphs, load_genome
+    from genomec.ir import lower
+
+    graphs = {}
+    for path in zoo_files():
+        for i, g in enumerate(attention_graphs(load_genome(path))):
+            graphs.setdefault(lower(g).hash, (f"{path.stem}[{i}]", g))
+    return list(graphs.values())

@@ -17,10 +17,10 @@ if not torch.cuda.is_available():  # Triton's mode is fixed by its first import:
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import zoo_files
+from conftest import zoo_graphs
 from genomec.codegen import schedule
 from genomec.codegen.backward import backward_schedule
-from genomec.genome import attention_graphs, load_genome, parse_genome
+from genomec.genome import parse_genome
 from genomec.genome.ops import OPS
 from genomec.ir import execute, lower
 from genomec.ir.reference import _row_local
@@ -30,13 +30,6 @@ from strategies import attention_genomes
 TOLERANCE = 1e-4  # max |ours - reference| relative to max |reference|, per gradient, fp32
 STANDARD = "matmul(softmax(scale(matmul(q, transpose(k)))), v)"
 
-
-def zoo_graphs():
-    graphs = {}
-    for path in zoo_files():
-        for i, g in enumerate(attention_graphs(load_genome(path))):
-            graphs.setdefault(lower(g).hash, (f"{path.stem}[{i}]", g))
-    return list(graphs.values())
 
 
 ZOO = zoo_graphs()

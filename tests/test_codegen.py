@@ -14,7 +14,7 @@ if not torch.cuda.is_available():  # Triton's mode is fixed by its first import:
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import ROOT, zoo_files
+from conftest import ROOT, zoo_graphs
 from genomec.codegen import generate, schedule
 from genomec.genome import attention_graphs, load_genome, parse_genome
 from genomec.ir import execute, lower
@@ -25,14 +25,6 @@ from strategies import attention_genomes
 GOLDEN = ROOT / "tests" / "golden"
 TOLERANCE = 1e-4  # max |ours - reference| relative to max |reference|, fp32
 
-
-def zoo_graphs():
-    """(name, attention genome), one per distinct graph of the zoo."""
-    graphs = {}
-    for path in zoo_files():
-        for i, g in enumerate(attention_graphs(load_genome(path))):
-            graphs.setdefault(lower(g).hash, (f"{path.stem}[{i}]", g))
-    return list(graphs.values())
 
 
 ZOO = zoo_graphs()

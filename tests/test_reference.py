@@ -6,8 +6,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import zoo_files
-from genomec.genome import attention_graphs, load_genome, parse_genome
+from conftest import zoo_graphs
+from genomec.genome import parse_genome
 from genomec.ir import InputError, execute, lower
 from genomec.ir.reference import _execute_prefixes, _row_local
 from literal import delete_padded_tokens, run_prefixes
@@ -27,13 +27,6 @@ def inputs(shape=(2, 3, 7, 5), dtype=torch.float64, seed=0):
 
 MASK = torch.tensor([[1, 1, 0, 1, 1, 0, 1], [1, 1, 1, 1, 1, 1, 1]], dtype=torch.bool)
 
-
-def zoo_graphs():
-    graphs = {}
-    for path in zoo_files():
-        for i, g in enumerate(attention_graphs(load_genome(path))):
-            graphs.setdefault(lower(g).hash, (f"{path.stem}[{i}]", g))
-    return list(graphs.values())
 
 
 ZOO = zoo_graphs()
