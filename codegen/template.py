@@ -36,6 +36,15 @@ SQUARED_DISTANCE_EPS = tl.constexpr(1e-12)  # euc clamps squared distances below
 
 
 @triton.jit
+def _real_tokens(mask_ptr, batch, seq_len, offs, HAS_MASK: tl.constexpr):
+    # Tokens inside the sequence and, with a key-padding mask, not padding.
+    ok = offs < seq_len
+    if HAS_MASK:
+        ok = ok & (tl.load(mask_ptr + batch * seq_len + offs, mask=ok, other=0) != 0)
+    return ok
+
+
+@triton.jit
 def _dot(a, b, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr):
     # Operands in the input dtype (tensor cores for fp16/bf16), fp32 accumulation.
     return tl.dot(a.to(DOT_DTYPE), b.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=tl.float32)
@@ -100,9 +109,7 @@ TOKEN_LOOP = '''
 {init}
     for token_start in range(0, seq_len, BLOCK_N):
         offs_n = token_start + tl.arange(0, BLOCK_N)
-        token_ok = offs_n < seq_len
-        if HAS_MASK:
-            token_ok = token_ok & (tl.load(mask_ptr + batch * seq_len + offs_n, mask=offs_n < seq_len, other=0) != 0)
+        token_ok = _real_tokens(mask_ptr, batch, seq_len, offs_n, HAS_MASK)
         # -- token values --
 {values}
         # -- {update_title} --
@@ -119,9 +126,7 @@ QUERY_BLOCK_SETUP = '''    # -- program: one query block of one (batch, head) --
     offs_m = block_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM_PAD)
     dim_ok = offs_d[None, :] < HEAD_DIM
-    query_ok = offs_m < seq_len
-    if HAS_MASK:
-        query_ok = query_ok & (tl.load(mask_ptr + batch * seq_len + offs_m, mask=offs_m < seq_len, other=0) != 0)
+    query_ok = _real_tokens(mask_ptr, batch, seq_len, offs_m, HAS_MASK)
     key_end = seq_len
     if IS_CAUSAL:
         key_end = tl.minimum(seq_len, (block_m + 1) * BLOCK_M)
@@ -158,9 +163,7 @@ KEY_LOOP = '''
 {init}
     for key_start in range(0, key_end, BLOCK_N):
         offs_n = key_start + tl.arange(0, BLOCK_N)
-        key_ok = offs_n < seq_len
-        if HAS_MASK:
-            key_ok = key_ok & (tl.load(mask_ptr + batch * seq_len + offs_n, mask=offs_n < seq_len, other=0) != 0)
+        key_ok = _real_tokens(mask_ptr, batch, seq_len, offs_n, HAS_MASK)
         keep = (offs_m[:, None] >= 0) & key_ok[None, :]
         if IS_CAUSAL:
             keep = keep & (offs_n[None, :] <= offs_m[:, None])
@@ -328,9 +331,7 @@ BACKWARD_KEY_LOOP = '''
 {init}
     for key_start in range(0, key_end, BLOCK_N):
         offs_n = key_start + tl.arange(0, BLOCK_N)
-        key_ok = offs_n < seq_len
-        if HAS_MASK:
-            key_ok = key_ok & (tl.load(mask_ptr + batch * seq_len + offs_n, mask=offs_n < seq_len, other=0) != 0)
+        key_ok = _real_tokens(mask_ptr, batch, seq_len, offs_n, HAS_MASK)
         keep = query_ok[:, None] & key_ok[None, :]
         if IS_CAUSAL:
             keep = keep & (offs_n[None, :] <= offs_m[:, None])
@@ -354,9 +355,7 @@ BACKWARD_KEY_PROGRAM = BACKWARD_PROLOGUE + '''
     offs_n = block_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM_PAD)
     dim_ok = offs_d[None, :] < HEAD_DIM
-    key_ok = offs_n < seq_len
-    if HAS_MASK:
-        key_ok = key_ok & (tl.load(mask_ptr + batch * seq_len + offs_n, mask=offs_n < seq_len, other=0) != 0)
+    key_ok = _real_tokens(mask_ptr, batch, seq_len, offs_n, HAS_MASK)
     query_begin = 0
     if IS_CAUSAL:
         query_begin = (block_n * BLOCK_N // BLOCK_M) * BLOCK_M  # earlier query blocks see none of these keys
@@ -366,9 +365,7 @@ BACKWARD_KEY_PROGRAM = BACKWARD_PROLOGUE + '''
 {init}
     for query_start in range(query_begin, seq_len, BLOCK_M):
         offs_m = query_start + tl.arange(0, BLOCK_M)
-        query_ok = offs_m < seq_len
-        if HAS_MASK:
-            query_ok = query_ok & (tl.load(mask_ptr + batch * seq_len + offs_m, mask=offs_m < seq_len, other=0) != 0)
+        query_ok = _real_tokens(mask_ptr, batch, seq_len, offs_m, HAS_MASK)
         keep = query_ok[:, None] & key_ok[None, :]
         if IS_CAUSAL:
             keep = keep & (offs_n[None, :] <= offs_m[:, None])
@@ -414,9 +411,7 @@ BACKWARD_GLOBAL_PROGRAM = BACKWARD_PROLOGUE + '''
 {init}
     for query_start in range(0, seq_len, BLOCK_M):
         offs_m = query_start + tl.arange(0, BLOCK_M)
-        query_ok = offs_m < seq_len
-        if HAS_MASK:
-            query_ok = query_ok & (tl.load(mask_ptr + batch * seq_len + offs_m, mask=offs_m < seq_len, other=0) != 0)
+        query_ok = _real_tokens(mask_ptr, batch, seq_len, offs_m, HAS_MASK)
         # -- query-side values and their cotangents --
 {query_values}
         # -- accumulate the [d,d] cotangents over the query rows --
@@ -436,9 +431,7 @@ BACKWARD_TOKEN_PROGRAM = BACKWARD_PROLOGUE + '''
     offs_n = offs_m
     offs_d = tl.arange(0, HEAD_DIM_PAD)
     dim_ok = offs_d[None, :] < HEAD_DIM
-    query_ok = offs_m < seq_len
-    if HAS_MASK:
-        query_ok = query_ok & (tl.load(mask_ptr + batch * seq_len + offs_m, mask=offs_m < seq_len, other=0) != 0)
+    query_ok = _real_tokens(mask_ptr, batch, seq_len, offs_m, HAS_MASK)
     token_ok = query_ok
 
     # -- {title} --
