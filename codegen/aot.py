@@ -130,9 +130,10 @@ def compile_ahead_of_time(
 
 
 def compile_modules_ahead_of_time(
-    modules, arch: str = "sm_90", dtype: str = "fp16", head_dim: int = 64, config=None
+    modules, arch: str = "sm_90", dtype: str = "fp16", head_dim: int = 64, config=None, backward=None
 ) -> list[list[KernelResources]]:
-    """`compile_ahead_of_time` for several (generated, module_path) pairs at once.
+    """`compile_ahead_of_time` for several (generated, module_path) pairs at once; `config`
+    and `backward` are the tiles of the forward and backward kernels (default: the fixed ones).
 
     Triton fixes compiled-or-interpreted once per process, when triton.language is first
     imported; a process that runs kernels on the interpreter compiles in one child process."""
@@ -149,7 +150,7 @@ def compile_modules_ahead_of_time(
             "dtype": dtype,
             "head_dim": head_dim,
             "config": dataclasses.asdict(config),
-            "backward_config": dataclasses.asdict(backward_config(dtype, head_dim)),
+            "backward_config": dataclasses.asdict(backward or backward_config(dtype, head_dim)),
         }
         for generated, module_path in modules
     ]
@@ -204,7 +205,7 @@ def _compile_job(job: dict) -> list[KernelResources]:
             compiled = triton.compile(
                 source,
                 target=GPUTarget("cuda", capability, 32),
-                options={"num_warps": config.num_warps, "num_stages": config.num_stages},
+                options=config.launch_options(),
             )
         seconds = time.perf_counter() - start
         usage = resource_usage(compiled.asm["cubin"])

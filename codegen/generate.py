@@ -20,7 +20,9 @@ from .schedule import AttentionKernel, KeyPass, ReductionKernel, Schedule, forma
 GENERATOR_VERSION = "genomec-codegen/1"
 # Backward kernels with one program per query (or token) block; attention_bwd_keys has one
 # per key block, attention_bwd_global one per (batch, head).
-PER_BLOCK_BACKWARD_KERNELS = ("attention_bwd_prepare", "attention_bwd_queries", "attention_bwd_query_rows", "attention_bwd_state_rows")
+PER_BLOCK_BACKWARD_KERNELS = (
+    "attention_bwd_prepare", "attention_bwd_queries", "attention_bwd_query_rows", "attention_bwd_state_rows", "attention_bwd_column_rows",
+)
 
 
 def generator_fingerprint() -> str:

@@ -2,7 +2,9 @@
 
 The manifest lists every distinct attention graph once (a model compiles each distinct
 graph once): its hash, the layers using it, whether it is fused (and if not, why it runs
-on the reference executor), its stages (kernels in launch order, with their passes), and
+on the reference executor), its stages (kernels in launch order, with their passes; a
+graph that runs in several stages (stages.py) has one module per stage, and each stage
+and kernel names its stage, the value it computes and where its inputs come from), and
 its kernels; whether its backward is fused (three backward kernels after the forward
 ones) or recomputes through the reference executor, and why; with an arch, each kernel's
 registers, spills and shared memory from ahead-of-time compilation for that GPU target
@@ -23,8 +25,8 @@ from genomec.genome import AttentionGenome, Genome
 
 from .aot import compile_modules_ahead_of_time
 from .generate import GENERATOR_VERSION, generate
-from .schedule import schedule
-from .tiles import backward_config, default_config
+from .stages import plan_stages
+from .tiles import backward_candidates, backward_config, default_config
 
 DTYPES = ("fp16", "bf16", "fp32")
 MANIFEST = "manifest.json"
@@ -66,50 +68,66 @@ def compile_genome(
     say = progress or (lambda line: None)
 
     graphs, generated_modules = [], []
+    compiled_kernels, repeated = {}, []  # module -> its kernel records; stages repeating a module
     for entry in entries:
         compiled = entry.compiled
         start = time.perf_counter()
-        sched = schedule(compiled.simplified)
-        record = {"hash": compiled.hash, "layers": entry.layers, "causal": compiled.simplified.causal, "fused": sched.fused}
+        plan = plan_stages(compiled)
+        record = {"hash": compiled.hash, "layers": entry.layers, "causal": compiled.simplified.causal, "fused": plan.fused}
         graphs.append(record)
-        if not sched.fused:
-            record.update(backend="reference", reason=sched.reason, stages=[], kernels=[],
+        if not plan.fused:
+            record.update(backend="reference", reason=plan.reason, stages=[], kernels=[],
                           backward={"fused": False, "reason": "the forward is not fused"})
-            say(f"{compiled.hash}: fallback to the reference executor ({sched.reason})")
+            say(f"{compiled.hash}: fallback to the reference executor ({plan.reason})")
             continue
-        generated = generate(compiled)
-        module_file = out_dir / f"{compiled.hash}.py"
-        write_atomic(module_file, generated.source)
+        stages, kernels, modules, backward_reasons = [], [], [], []
+        for stage in plan.stages:
+            generated = generate(stage.compiled)
+            module_file = out_dir / f"{stage.compiled.hash}.py"
+            first = module_file.name not in modules  # stages of one graph share its module
+            if first:
+                write_atomic(module_file, generated.source)
+                modules.append(module_file.name)
+            where = {"stage": stage.name, "module": module_file.name}
+            if plan.multi_stage:
+                where.update(computes=stage.computes, inputs=stage.inputs)
+            stages += [dict(s, **where) for s in generated.schedule.stages()]
+            stage_kernels = [dict({"name": k.name, "direction": "backward" if k.backward else "forward"}, **where) for k in generated.kernels]
+            kernels += stage_kernels
+            if not generated.backward.fused:
+                backward_reasons.append((f"{stage.name}: " if plan.multi_stage else "") + generated.backward.reason)
+            if first:
+                generated_modules.append((stage_kernels, generated, module_file))
+                compiled_kernels[module_file.name] = stage_kernels
+            else:  # its resources are the first such stage's
+                repeated.append((stage_kernels, compiled_kernels[module_file.name]))
         record.update(
             backend="triton",
-            module=module_file.name,
-            codegen_ms=round((time.perf_counter() - start) * 1e3, 3),  # schedule + source
-            source_bytes=len(generated.source.encode()),
-            stages=sched.stages(),
-            kernels=[{"name": k.name, "direction": "backward" if k.backward else "forward"} for k in generated.kernels],
-            backward={"fused": generated.backward.fused, "reason": generated.backward.reason},
+            module=modules[-1],
+            modules=modules,
+            codegen_ms=round((time.perf_counter() - start) * 1e3, 3),  # stages + schedule + source
+            source_bytes=sum((out_dir / m).stat().st_size for m in modules),
+            stages=stages,
+            kernels=kernels,
+            backward={"fused": not backward_reasons, "reason": "; ".join(backward_reasons) or None},
         )
-        generated_modules.append((record, generated, module_file))
-        say(f"{compiled.hash}: fused, {len(record['stages'])} stage(s) -> {module_file.name}")
+        if plan.note:
+            record["rewritten"] = plan.note
+        say(f"{compiled.hash}: fused, {len(plan.stages)} stage(s), {len(stages)} kernel launch(es) -> {', '.join(modules)}")
 
     if arch and generated_modules:
         say(f"compiling {sum(len(g.kernels) for _, g, _ in generated_modules)} kernel(s) ahead of time for {arch} ({dtype}, head dim {head_dim})")
         results = compile_modules_ahead_of_time(
             [(generated, module_file) for _, generated, module_file in generated_modules], arch=arch, dtype=dtype, head_dim=head_dim, config=config
         )
-        for (record, generated, _), resources in zip(generated_modules, results):
-            record["kernels"] = [
-                {
-                    "name": r.name,
-                    "direction": "backward" if k.backward else "forward",
-                    "registers": r.registers,
-                    "spills": r.spills,
-                    "stack": r.stack,
-                    "shared_bytes": r.shared_bytes,
-                    "compile_seconds": round(r.compile_seconds, 3),
-                }
-                for k, r in zip(generated.kernels, resources)
-            ]
+        for (stage_kernels, _, _), resources in zip(generated_modules, results):
+            for record, r in zip(stage_kernels, resources):  # the records in the manifest, filled in place
+                record.update(registers=r.registers, spills=r.spills, stack=r.stack, shared_bytes=r.shared_bytes,
+                              compile_seconds=round(r.compile_seconds, 3))
+        _retile_spilling_backwards(generated_modules, arch, dtype, head_dim, say)
+        for stage_kernels, first_kernels in repeated:
+            for record, first in zip(stage_kernels, first_kernels):
+                record.update({key: value for key, value in first.items() if key not in record})
 
     fused = sum(g["fused"] for g in graphs)
     backward_fused = sum(g["backward"]["fused"] for g in graphs)
@@ -128,6 +146,26 @@ def compile_genome(
     }
     write_atomic(out_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def _retile_spilling_backwards(generated_modules, arch: str, dtype: str, head_dim: int, say) -> None:
+    """A module whose backward kernels spill with the fixed backward tiles is compiled again
+    with the next candidates of the backward search space (the ones a GPU tunes over) until
+    one spills nothing; its backward kernel records then carry that `tile_config`."""
+    for stage_kernels, generated, module_file in generated_modules:
+        backward = [record for record in stage_kernels if record["direction"] == "backward"]
+        if not any(record.get("spills") for record in backward):
+            continue
+        for candidate in backward_candidates(dtype, head_dim)[1:]:
+            only_backward = dataclasses.replace(generated, kernels=generated.backward_kernels)
+            (resources,) = compile_modules_ahead_of_time([(only_backward, module_file)], arch=arch, dtype=dtype, head_dim=head_dim,
+                                                         backward=candidate)
+            if not any(r.spills for r in resources):
+                say(f"{module_file.name}: backward kernels spill with the default tiles; {candidate} does not")
+                for record, r in zip(backward, resources):
+                    record.update(registers=r.registers, spills=r.spills, stack=r.stack, shared_bytes=r.shared_bytes,
+                                  compile_seconds=round(r.compile_seconds, 3), tile_config=dataclasses.asdict(candidate))
+                break
 
 
 def _triton_version() -> str:

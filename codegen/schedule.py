@@ -15,10 +15,12 @@ Every node is classified by index space and by what it needs:
 Passes over the key blocks: a softmax whose result reaches the contractions only through
 linear ops gets online (rescaled) normalisation in the one accumulation pass; otherwise
 every softmax gets its row statistics in a pass of its own level first (a softmax of a
-softmax needs two). Anything else (a contraction of two pair values, a pair value built
-from a contraction, a transposed pair, causal over a graph that is not row-local) is
-outside the fused class: the graph runs on the reference executor and the schedule says
-why.
+softmax needs two). A token value after a contraction (or built from a global value)
+that other tokens read (as keys, in a score, or in a reduction over tokens) cannot be held
+by one kernel: the schedule says which (`needs_stage`), and stages.py gives it a stage of
+its own. Anything else (a contraction of two pair values, a transposed pair, causal over a
+graph that is not row-local) is outside the fused class: the graph runs on the reference
+executor and the schedule says why.
 """
 
 from __future__ import annotations
@@ -36,6 +38,16 @@ SCORE_OPS = ("matmul", "cos", "euc")  # [N,d] x [N,d]-ish -> [N,N]
 
 class OutsideFusedClass(Exception):
     """The graph cannot be fused; the message says which node and why."""
+
+
+class NeedsStage(OutsideFusedClass):
+    """A per-token value that depends on a reduction over tokens is read where one kernel
+    cannot hold it for every token (as keys, by a score or inside another reduction over
+    tokens): a stage of its own must write it out first (stages.py)."""
+
+    def __init__(self, node_id: str, message: str):
+        super().__init__(message)
+        self.node_id = node_id
 
 
 @dataclass(frozen=True)
@@ -85,6 +97,7 @@ class Schedule:
     ir: IR
     fused: bool
     reason: str | None = None  # why not fused
+    needs_stage: str | None = None  # not fused because this value needs a stage of its own
     reduction: ReductionKernel | None = None
     attention: AttentionKernel | None = None
     column_softmaxes: tuple[str, ...] = ()  # indices into the statistics buffer
@@ -108,6 +121,8 @@ def schedule(ir: IR) -> Schedule:
     """Plan the kernels of a simplified IR, or say why it falls back."""
     try:
         return _plan(ir)
+    except NeedsStage as e:
+        return Schedule(ir, fused=False, reason=str(e), needs_stage=e.node_id)
     except OutsideFusedClass as e:
         return Schedule(ir, fused=False, reason=str(e))
 
@@ -130,6 +145,7 @@ def _classify(ir: IR) -> dict[str, str]:
         if node.space == PAIR_SPACE:
             is_score = node.op in ("cos", "euc") or (node.op == "matmul" and shapes[0][1] == HEAD)  # [N,d] x [d,N]
             if is_score:
+                _raise_for_stage(ir, kinds, node.operands, where, "the score operand")
                 if any(k not in ("pre", "colsoftmax") for k in operand_kinds):
                     raise OutsideFusedClass(f"{where}: scores need per-token operands (a value after a contraction would need a second stage)")
                 if node.op == "matmul" and not (shapes[0] == (TOKENS, HEAD) and shapes[1] == (HEAD, TOKENS)):
@@ -143,6 +159,7 @@ def _classify(ir: IR) -> dict[str, str]:
                 raise OutsideFusedClass(f"{where}: {node.op} of pair values ([N,N] x [N,N] or transposed) is not fusable")
         elif node.space == TOKEN_SPACE:
             if node.op == "matmul" and ir.node(node.operands[0]).space == PAIR_SPACE:
+                _raise_for_stage(ir, kinds, node.operands[1:], where, "the contracted value")
                 if operand_kinds[1] not in ("pre", "colsoftmax") or shapes[1] != (TOKENS, HEAD):
                     raise OutsideFusedClass(f"{where}: a contraction over keys of a value that is not per-token pointwise")
                 kinds[node_id] = "contraction"
@@ -150,6 +167,7 @@ def _classify(ir: IR) -> dict[str, str]:
                 raise OutsideFusedClass(f"{where}: contraction over queries (a [d,N] @ [N,N] product) is not fusable")
             elif node.op == "softmax" and node.shape[1] == TOKENS:
                 # softmax over tokens of a [d,N] value: column statistics from the reduction kernel
+                _raise_for_stage(ir, kinds, node.operands, where, "the value", globals_ok=False, with_statistics=True)
                 if operand_kinds[0] != "pre" or _needs_global(ir, kinds, node.operands[0], with_statistics=True):
                     raise OutsideFusedClass(f"{where}: softmax over tokens of a value that needs another reduction")
                 kinds[node_id] = "colsoftmax"
@@ -161,6 +179,7 @@ def _classify(ir: IR) -> dict[str, str]:
                 kinds[node_id] = "pre"
         else:  # GLOBAL_SPACE
             if node.op == "matmul" and ir.node(node.operands[0]).space == TOKEN_SPACE:
+                _raise_for_stage(ir, kinds, node.operands, where, "the reduced value", globals_ok=False)
                 if any(k not in ("pre", "colsoftmax") for k in operand_kinds) or any(
                     _needs_global(ir, kinds, o, with_statistics=False) for o in node.operands
                 ):
@@ -171,6 +190,17 @@ def _classify(ir: IR) -> dict[str, str]:
             else:
                 kinds[node_id] = "global"
     return kinds
+
+
+def _raise_for_stage(ir: IR, kinds: dict, operands, where: str, role: str, globals_ok: bool = True, with_statistics: bool = False) -> None:
+    """Raise NeedsStage for the first token operand this kernel cannot hold for every token:
+    a value after a contraction, or (unless `globals_ok`) one built from a global value (or,
+    `with_statistics`, from column statistics) that the reduction kernel is still computing."""
+    for operand in operands:
+        if ir.node(operand).space != TOKEN_SPACE:
+            continue
+        if kinds[operand] in ("post", "contraction") or not globals_ok and _needs_global(ir, kinds, operand, with_statistics):
+            raise NeedsStage(operand, f"{where}: {role} '{operand}' depends on a reduction over tokens (it needs a stage of its own)")
 
 
 def _needs_global(ir: IR, kinds: dict, node_id: str, with_statistics: bool) -> bool:

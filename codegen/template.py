@@ -58,6 +58,15 @@ def _log1p(x):
 
 
 @triton.jit
+def _tanh(x):
+    # 2 sigmoid(2x) - 1 loses x's digits near 0 (1 + tiny - 1); there the odd Taylor series
+    # to x^9 is exact to fp32 (for |x| < 1/4 the next term is below 1e-9 of x)
+    x2 = x * x
+    series = x * (1.0 + x2 * (-1.0 / 3.0 + x2 * (2.0 / 15.0 + x2 * (-17.0 / 315.0 + x2 * (62.0 / 2835.0)))))
+    return tl.where(tl.abs(x) < 0.25, series, 2.0 * tl.sigmoid(2.0 * x) - 1.0)
+
+
+@triton.jit
 def _softmax_over_head_dim(x, dim_ok):
     x = tl.where(dim_ok, x, float("-inf"))
     e = tl.exp(x - tl.max(x, 1)[:, None])
@@ -223,7 +232,7 @@ GLOBAL_LOAD = "{r}_g = tl.load(global_ptr + " + GLOBAL_OFFSETS + ")"
 # Three kernels, launched in this order, none of which writes an [N, N] value:
 #   attention_bwd_prepare  per query block: cotangents of the contractions (back through the
 #                          post values from d_out) and, per softmax over keys, its row term
-#                          delta_i = sum_j P_ij dP_ij
+#                          delta_i = sum_j P_ij dP_ij (one pass over keys per nesting level)
 #   attention_bwd_keys     per key block, looping over query blocks: cotangents of the
 #                          key-side values (contracted over queries), then back through the
 #                          key-side chains to the inputs' key rows
@@ -382,20 +391,42 @@ BACKWARD_KEY_PROGRAM = BACKWARD_PROLOGUE + '''
 {key_grads}
 '''
 
-# -- backward of a graph with [d,d] states (a reduction kernel, no pass over keys) ----------
+# -- backward of a graph with [d,d] states (a reduction kernel) -----------------------------
 #
 #   attention_bwd_global  per (batch, head), looping over the token blocks as query rows:
 #                         cotangents of the [d,d] values read by the query rows (x^T @ dy),
-#                         then back through the [d,d] values to each reduction's state
+#                         then back through the [d,d] values to each reduction's state; with
+#                         softmaxes over tokens, a second pass over the tokens for their
+#                         column terms delta_c = sum_n P dP
 #   attention_bwd_query_rows  per token block: the query rows' share of each input's gradient
 #                             (dy @ G^T ...)
 #   attention_bwd_state_rows  per token block: the reduction operands' share
 #                             (d(X^T Y) -> Y dG^T and X dG), added to it
 # (two kernels rather than one, so the [d,d] state and its cotangent are never live together)
+# With a pass over keys too, the prepare, keys and queries kernels run first, and the global
+# kernel's pass reads the saved contraction values where the post values need them.
 
 GLOBAL_GRAD_INIT = "acc_d{g} = tl.zeros([HEAD_DIM_PAD, HEAD_DIM_PAD], tl.float32)"
-GLOBAL_GRAD_STORE = "tl.store(dglobal_ptr + " + GLOBAL_OFFSETS + ", tl.where(head_block_ok, {grad}, 0.0))"
+GLOBAL_GRAD_FINISH = "d{r}_g = tl.where(head_block_ok, d{r}_g, 0.0)"
+GLOBAL_GRAD_STORE = "tl.store(dglobal_ptr + " + GLOBAL_OFFSETS + ", d{r}_g)"
 GLOBAL_GRAD_LOAD = "d{r}_g = tl.load(dglobal_ptr + " + GLOBAL_OFFSETS + ")"
+
+# Column terms of a softmax over tokens: one value per head-dim column.
+COLUMN_DELTA_OFFSETS = "(batch_head * {count} + {index}) * HEAD_DIM_PAD + offs_d"
+COLUMN_DELTA_INIT = "{s}_delta = tl.zeros([HEAD_DIM_PAD], tl.float32)"
+COLUMN_DELTA_UPDATE = "{s}_delta += tl.sum(tl.where(token_ok[:, None], {p} * d{p}, 0.0), 0)"
+STORE_COLUMN_DELTA = "tl.store(column_delta_ptr + " + COLUMN_DELTA_OFFSETS + ", {s}_delta)"
+LOAD_COLUMN_DELTA = "{s}_delta = tl.load(column_delta_ptr + " + COLUMN_DELTA_OFFSETS + ")"
+
+# With a pass over keys, the key-pass kernels add their shares of dP of each softmax over
+# tokens into a buffer of token rows (each program on its own rows), the global kernel sums
+# delta from it, and attention_bwd_column_rows goes on from dX = P * (dP - delta) per token block.
+COLUMN_GRAD_ROWS = "(batch_head.to(tl.int64) * {count} + {index}) * seq_len * HEAD_DIM + {offs}[:, None] * HEAD_DIM + offs_d[None, :]"
+ADD_COLUMN_GRAD = '''\
+d{s}_offsets = ''' + COLUMN_GRAD_ROWS + '''
+d{s}_mask = ({offs}[:, None] < seq_len) & dim_ok
+tl.store(dcolumn_ptr + d{s}_offsets, tl.load(dcolumn_ptr + d{s}_offsets, mask=d{s}_mask, other=0.0) + {grad}, mask=d{s}_mask)'''
+LOAD_COLUMN_GRAD = "tl.load(dcolumn_ptr + " + COLUMN_GRAD_ROWS + ", mask=({offs}[:, None] < seq_len) & dim_ok, other=0.0)"
 
 BACKWARD_GLOBAL_PROGRAM = BACKWARD_PROLOGUE + '''
     # -- program: all tokens of one (batch, head) --
@@ -408,7 +439,9 @@ BACKWARD_GLOBAL_PROGRAM = BACKWARD_PROLOGUE + '''
 
     # -- global values --
 {global_values}
-{init}
+{passes}'''
+
+STATE_GRADS_PASS = '''{init}
     for query_start in range(0, seq_len, BLOCK_M):
         offs_m = query_start + tl.arange(0, BLOCK_M)
         query_ok = _real_tokens(mask_ptr, batch, seq_len, offs_m, HAS_MASK)
@@ -419,6 +452,21 @@ BACKWARD_GLOBAL_PROGRAM = BACKWARD_PROLOGUE + '''
 
     # -- back through the [d,d] values to the reductions --
 {global_grads}
+'''
+
+COLUMN_DELTA_PASS = '''
+    # -- pass over the tokens: column terms delta_c = sum_n P[n, c] dP[n, c] of the softmaxes over tokens --
+{init}
+    for token_start in range(0, seq_len, BLOCK_M):
+        offs_m = token_start + tl.arange(0, BLOCK_M)
+        offs_n = offs_m
+        token_ok = _real_tokens(mask_ptr, batch, seq_len, offs_m, HAS_MASK)
+        query_ok = token_ok
+        # -- token values, and dP from d_out (query rows) and from the states' cotangents (state rows) --
+{values}
+        # -- accumulate delta over the real tokens --
+{update}
+{finish}
 '''
 
 BACKWARD_TOKEN_PROGRAM = BACKWARD_PROLOGUE + '''

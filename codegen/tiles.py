@@ -1,5 +1,6 @@
-"""Tile configurations of the generated kernels: the autotuning search space and the
-default (which ahead-of-time compilation also uses)."""
+"""Tile configurations of the generated kernels: the autotuning search spaces and the
+defaults (which ahead-of-time compilation also uses), for the forward (`candidates`,
+`default_config`) and, apart, for the backward (`backward_candidates`, `backward_config`)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,21 @@ class TileConfig:
     block_n: int
     num_warps: int
     num_stages: int
+    # Registers per thread ptxas may use; None lets it choose. Left to choose, the ptxas of
+    # Triton 3.9 (CUDA 13) aims at an occupancy and spills a few bytes to get there (seen
+    # capping backward kernels at 80 and 128 registers); 255 lets a kernel take what it needs.
+    max_registers: int | None = None
+
+    def launch_options(self) -> dict:
+        """The compile options of a launch (and of `triton.compile`)."""
+        options = dict(num_warps=self.num_warps, num_stages=self.num_stages)
+        if self.max_registers is not None:
+            options["maxnreg"] = self.max_registers
+        return options
 
     def __str__(self) -> str:
-        return f"BLOCK_M={self.block_m} BLOCK_N={self.block_n} warps={self.num_warps} stages={self.num_stages}"
+        text = f"BLOCK_M={self.block_m} BLOCK_N={self.block_n} warps={self.num_warps} stages={self.num_stages}"
+        return text + (f" registers<={self.max_registers}" if self.max_registers is not None else "")
 
 
 # tl.dot input precision per input dtype: fp32 products via three tf32 passes (plain tf32
@@ -56,22 +69,49 @@ def default_config(dtype: str, head_dim: int) -> TileConfig:
 
 
 # The backward kernels hold more tiles at once (recomputed pair values and their cotangents,
-# the key-side accumulators), so they get tiles of their own, chosen with
-# `genomec compile --arch sm_90` over the zoo (plain and causal) for zero spills at fp16/bf16.
-SMALL_HEAD_BACKWARD_CONFIG = TileConfig(64, 16, 8, 1)  # head dim <= 64
-LARGE_HEAD_BACKWARD_CONFIG = TileConfig(16, 16, 8, 1)  # head dim 65..128
-FP32_BACKWARD_CONFIG = TileConfig(16, 32, 8, 1)  # fp32 (three tf32 passes per dot), head dim <= 64
-NARROW_BACKWARD_CONFIG = TileConfig(16, 16, 8, 1)  # everything wider
+# the key-side accumulators), so they get tiles of their own, tuned on a GPU apart from the
+# forward's. Each candidate was compiled with `genomec compile --arch sm_90` (Triton 3.9) for
+# every backward kernel of the zoo, plain and causal, and kept only with zero spills at its
+# dtype and head dim, fp16 and bf16 alike; the comments give the most registers a kernel
+# takes. The first of each space is the fixed choice (ahead-of-time compilation, first guess).
+ALL_REGISTERS = 255  # the most a thread can hold: ptxas takes what the kernel needs
+HALF_SMALL_HEAD_BACKWARD = (  # fp16/bf16, head dim <= 64; left to choose, ptxas spills every one
+    TileConfig(64, 16, 8, 1, ALL_REGISTERS),  # 229 registers
+    TileConfig(64, 32, 8, 1, ALL_REGISTERS),  # 255
+    TileConfig(64, 16, 8, 2, ALL_REGISTERS),  # 229
+    TileConfig(32, 32, 8, 1, ALL_REGISTERS),  # 244
+    TileConfig(32, 16, 8, 1, ALL_REGISTERS),  # 242
+)
+HALF_LARGE_HEAD_BACKWARD = (  # fp16/bf16, head dim 65..128: 231 registers; wider tiles spill
+    TileConfig(16, 16, 8, 1),
+    TileConfig(16, 16, 8, 2),
+    TileConfig(16, 16, 8, 3),
+)
+# fp32 (three tf32 passes per dot, each operand split in two) has no tiles without spills
+# over the whole zoo; these spill least. Head dim <= 64: the key kernels of max-of-two-maps
+# (44 bytes, 12 causal) and differential attention (8). Head dim 128: the key or query
+# kernel of nearly every graph (8-300 bytes; 900-1800 for the two-map graphs, whose prepare
+# kernels spill too). Wider tiles, fewer warps or more stages spill more.
+FP32_SMALL_HEAD_BACKWARD = (TileConfig(16, 32, 8, 1, ALL_REGISTERS),)  # head dim <= 64
+FP32_LARGE_HEAD_BACKWARD = (TileConfig(16, 16, 8, 1, ALL_REGISTERS),)  # head dim 65..128
+NARROW_BACKWARD_CONFIG = TileConfig(16, 16, 8, 1)  # head dim > 128 (not measured)
+
+
+def backward_candidates(dtype: str, head_dim: int) -> tuple[TileConfig, ...]:
+    """The backward search space for a dtype and head dim: the tiles that compile without
+    spills (for fp32, the one that spills least)."""
+    pad = head_dim_pad(head_dim)
+    if pad > 128:
+        return (NARROW_BACKWARD_CONFIG,)
+    if dtype == "fp32":
+        return FP32_LARGE_HEAD_BACKWARD if pad > 64 else FP32_SMALL_HEAD_BACKWARD
+    return HALF_LARGE_HEAD_BACKWARD if pad > 64 else HALF_SMALL_HEAD_BACKWARD
 
 
 def backward_config(dtype: str, head_dim: int) -> TileConfig:
-    """The tiles of the backward kernels (also the first guess on a GPU)."""
-    pad = head_dim_pad(head_dim)
-    if pad > 128 or (pad > 64 and dtype == "fp32"):
-        return NARROW_BACKWARD_CONFIG
-    if dtype == "fp32":
-        return FP32_BACKWARD_CONFIG
-    return LARGE_HEAD_BACKWARD_CONFIG if pad > 64 else SMALL_HEAD_BACKWARD_CONFIG
+    """The tiles of the backward kernels without tuning: ahead-of-time compilation checks
+    these, and they lead the search on a GPU."""
+    return backward_candidates(dtype, head_dim)[0]
 
 
 def candidates(head_dim: int) -> tuple[TileConfig, ...]:

@@ -184,7 +184,7 @@ class Op:
     mutation_weight: float = 1.0
     # Triton spelling of an elementwise op, a format string over operand variables
     # ({0}, {1}) in fp32; the code generator emits it as one straight-line assignment. It may
-    # call the helpers every generated module defines (codegen/template.py: _log1p).
+    # call the helpers every generated module defines (codegen/template.py: _log1p, _tanh).
     # None: a structural op (transpose, softmax, matmul, cos, euc) the scheduler lowers.
     triton: str | None = None
     # Derivative rule of an elementwise op: the Triton spelling of each operand's
@@ -301,7 +301,7 @@ _OPS = [
     _unary("sigmoid", "1 / (1 + exp(-x))", torch.sigmoid, lambda x: 0.5 * (1 + np.tanh(0.5 * x)), triton="tl.sigmoid({0})",
            # sigmoid(x) sigmoid(-x), not out * (1 - out): no cancellation where sigmoid(x) ~ 1
            triton_vjp=("{grad} * tl.sigmoid({x}) * tl.sigmoid(-{x})",)),
-    _unary("tanh", "tanh(x)", torch.tanh, np.tanh, odd=True, triton="2.0 * tl.sigmoid(2.0 * {0}) - 1.0",
+    _unary("tanh", "tanh(x)", torch.tanh, np.tanh, odd=True, triton="_tanh({0})",  # exact near 0 too
            # 1 - tanh(x)^2 = 4 sigmoid(2x) sigmoid(-2x), without the cancellation where |tanh(x)| ~ 1
            triton_vjp=("{grad} * 4.0 * tl.sigmoid(2.0 * {x}) * tl.sigmoid(-2.0 * {x})",)),
     _unary("relu", "max(x, 0)", torch.relu, lambda x: np.maximum(x, 0.0), triton="tl.maximum({0}, 0.0)",

@@ -18,7 +18,7 @@ import networkx as nx
 from genomec.genome.ops import OPS
 from genomec.genome.schema import AttentionGenome
 
-from .graph import IR, IRBuilder, build_ir, format_ir, rebuild, verify
+from .graph import IR, PAIR_SPACE, TOKEN_SPACE, IRBuilder, build_ir, format_ir, rebuild, verify
 from .rewrite import rewrite, rule
 
 # -- analyses used by preconditions ------------------------------------------------------
@@ -91,7 +91,19 @@ SOFTMAX_RULES = [
     rule("softmax(sub(x, c)) -> softmax(x)", when=_row_constant("c")),
 ]
 
-SIMPLIFY_RULES = SIGN_RULES + SCALE_RULES + IDEMPOTENCE_RULES + SOFTMAX_RULES
+def _pair_pair_token(builder: IRBuilder, bindings: dict) -> bool:
+    spaces = [builder.node(bindings[v]).space for v in ("a", "b", "c")]
+    return spaces == [PAIR_SPACE, PAIR_SPACE, TOKEN_SPACE]
+
+
+ASSOCIATIVITY_RULES = [
+    # (A B) c = A (B c) for [N,N] maps A, B and a per-token c: the [N,N] product is never
+    # formed (O(N^2 d) instead of O(N^3)), and B c is an attention output that a stage of
+    # its own computes (two-hop attention). Exact per row and per prefix.
+    rule("matmul(matmul(a, b), c) -> matmul(a, matmul(b, c))", when=_pair_pair_token),
+]
+
+SIMPLIFY_RULES = SIGN_RULES + SCALE_RULES + IDEMPOTENCE_RULES + SOFTMAX_RULES + ASSOCIATIVITY_RULES
 
 
 # -- passes ------------------------------------------------------------------------------

@@ -1,9 +1,13 @@
 """Tile sizes and warps: a small search space per (arch, dtype, head dim, length bucket),
 with the winner persisted in a JSON table next to the kernel cache.
 
-On a GPU the first launch for a key times every candidate (median of a few runs) and
-stores the fastest; later launches, in any process, read the table. The interpreter has
-one fixed choice (timings there mean nothing).
+Forward and backward are tuned separately, each over its own search space
+(`candidates`, `backward_candidates`) and under its own key (the backward's ends in
+"/bwd"), since the backward kernels hold more tiles at once and want smaller ones. On a GPU
+the first launch for a key times every candidate (median of a few runs: the forward
+kernels, or the whole backward launch sequence on fresh gradient buffers) and stores the
+fastest; later launches, in any process, read the table. The interpreter has one fixed
+choice (timings there mean nothing).
 """
 
 from __future__ import annotations
@@ -15,9 +19,30 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
-from genomec.codegen.tiles import INTERPRETER_CONFIG, SEARCH_SPACE, TileConfig, candidates, default_config
+from genomec.codegen.tiles import (
+    INTERPRETER_CONFIG,
+    SEARCH_SPACE,
+    TileConfig,
+    backward_candidates,
+    backward_config,
+    candidates,
+    default_config,
+)
 
-__all__ = ["default_config", "INTERPRETER_CONFIG", "SEARCH_SPACE", "TileConfig", "TuningTable", "candidates", "choose", "length_bucket", "tuning_key"]
+__all__ = [
+    "default_config",
+    "backward_config",
+    "INTERPRETER_CONFIG",
+    "SEARCH_SPACE",
+    "TileConfig",
+    "TuningTable",
+    "backward_candidates",
+    "benchmark",
+    "candidates",
+    "choose",
+    "length_bucket",
+    "tuning_key",
+]
 
 
 def length_bucket(seq_len: int) -> int:
@@ -25,8 +50,16 @@ def length_bucket(seq_len: int) -> int:
     return max(64, 1 << (max(seq_len, 1) - 1).bit_length())
 
 
-def tuning_key(arch: str, dtype: str, head_dim: int, seq_len: int) -> str:
-    return f"{arch}/{dtype}/d{head_dim}/n{length_bucket(seq_len)}"
+def tuning_key(arch: str, dtype: str, head_dim: int, seq_len: int, backward: bool = False) -> str:
+    key = f"{arch}/{dtype}/d{head_dim}/n{length_bucket(seq_len)}"
+    return key + "/bwd" if backward else key  # the backward's choice never overwrites the forward's
+
+
+def benchmark(run: Callable[[], object]) -> float:
+    """Median milliseconds of `run` on the GPU, after a warm-up (the timer of `choose`)."""
+    import triton.testing
+
+    return triton.testing.do_bench(run, warmup=5, rep=20)
 
 
 class TuningTable:

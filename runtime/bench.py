@@ -80,9 +80,9 @@ def environment() -> dict:
 
 
 def frontend_ms(path: Path, entry, repeat: int = 20) -> float:
-    """Median time of parse + passes + schedule + codegen of one graph, in ms."""
+    """Median time of parse + passes + stages + schedule + codegen of one graph, in ms."""
     from genomec.codegen.generate import generate
-    from genomec.codegen.schedule import schedule
+    from genomec.codegen.stages import plan_stages
     from genomec.genome import loads_genome
     from genomec.genome.parse import attention_to_json
     from genomec.ir import lower
@@ -92,8 +92,8 @@ def frontend_ms(path: Path, entry, repeat: int = 20) -> float:
     for _ in range(repeat):
         start = time.perf_counter()
         compiled = lower(loads_genome(text))
-        if schedule(compiled.simplified).fused:
-            generate(compiled)
+        for stage in plan_stages(compiled).stages:
+            generate(stage.compiled)
         samples.append(time.perf_counter() - start)
     return 1e3 * statistics.median(samples)
 
@@ -101,32 +101,36 @@ def frontend_ms(path: Path, entry, repeat: int = 20) -> float:
 def run_cpu(graphs, out_dir: Path, aot: bool = True, arch: str = "sm_90", dtype: str = "bf16", head_dim: int = 64, progress=print) -> dict:
     from genomec.codegen.aot import compile_ahead_of_time
     from genomec.codegen.generate import generate
-    from genomec.codegen.schedule import schedule
+    from genomec.codegen.stages import plan_stages
 
     rows = []
     modules_dir = Path(tempfile.mkdtemp(prefix="genomec-bench-"))  # the AOT compiler reads modules from files
     for name, path, entry in graphs:
-        sched = schedule(entry.compiled.simplified)
-        row = {"genome": name, "hash": entry.compiled.hash, "fused": sched.fused, "frontend_ms": round(frontend_ms(path, entry), 3)}
-        if sched.fused:
-            generated = generate(entry.compiled)
-            row["source_bytes"] = len(generated.source.encode())
-            row["backward_fused"] = generated.backward.fused
-            if not generated.backward.fused:
-                row["backward_reason"] = generated.backward.reason
-            module_path = modules_dir / f"{generated.hash}.py"
-            module_path.write_text(generated.source)
-            if aot:
-                resources = compile_ahead_of_time(generated, module_path, arch=arch, dtype=dtype, head_dim=head_dim)
-                row["kernels"] = [
-                    {"name": r.name, "direction": "backward" if k.backward else "forward", "registers": r.registers,
-                     "spills": r.spills, "shared_bytes": r.shared_bytes, "compile_s": round(r.compile_seconds, 3)}
-                    for k, r in zip(generated.kernels, resources)
-                ]
-                row["aot_compile_s"] = round(sum(r.compile_seconds for r in resources), 3)
+        plan = plan_stages(entry.compiled)
+        row = {"genome": name, "hash": entry.compiled.hash, "fused": plan.fused, "frontend_ms": round(frontend_ms(path, entry), 3)}
+        if plan.fused:
+            row["stages"] = len(plan.stages)
+            row["source_bytes"] = 0
+            row["backward_fused"] = True
+            for stage in plan.stages:
+                generated = generate(stage.compiled)
+                row["source_bytes"] += len(generated.source.encode())
+                if not generated.backward.fused:
+                    row["backward_fused"] = False
+                    row["backward_reason"] = generated.backward.reason
+                module_path = modules_dir / f"{generated.hash}.py"
+                module_path.write_text(generated.source)
+                if aot:
+                    resources = compile_ahead_of_time(generated, module_path, arch=arch, dtype=dtype, head_dim=head_dim)
+                    row.setdefault("kernels", []).extend(
+                        {"name": (f"{stage.name}/" if plan.multi_stage else "") + r.name, "direction": "backward" if k.backward else "forward",
+                         "registers": r.registers, "spills": r.spills, "shared_bytes": r.shared_bytes, "compile_s": round(r.compile_seconds, 3)}
+                        for k, r in zip(generated.kernels, resources)
+                    )
+                    row["aot_compile_s"] = round(row.get("aot_compile_s", 0) + sum(r.compile_seconds for r in resources), 3)
         else:
-            row["reason"] = sched.reason
-        progress(f"{name}: front end {row['frontend_ms']:.2f} ms" + (f", AOT {row.get('aot_compile_s', 0):.2f} s" if aot and sched.fused else ""))
+            row["reason"] = plan.reason
+        progress(f"{name}: front end {row['frontend_ms']:.2f} ms" + (f", AOT {row.get('aot_compile_s', 0):.2f} s" if aot and plan.fused else ""))
         rows.append(row)
     return {
         "mode": "cpu",

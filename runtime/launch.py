@@ -4,7 +4,8 @@ A fused graph launches its generated kernels (the reduction kernel first, if any
 outside the fused class runs on the reference executor, and says so (`.fused`, `.reason`).
 The module (`CompiledAttention`) is an `nn.Module` around a `torch.autograd.Function`:
 when the graph is in the fused backward class (`.backward_fused`), the forward saves the
-log-sum-exp of each softmax over keys and the contraction values, and the backward launches
+log-sum-exp of each softmax over keys and the contraction values (and keeps the reduction
+kernel's [d,d] states and column statistics), and the backward launches
 the generated backward kernels; otherwise (`.backward_reason`) the backward recomputes the
 forward with the reference executor and differentiates that. Gradients are right on
 either path.
@@ -18,7 +19,7 @@ from torch.autograd.function import once_differentiable
 from genomec.codegen.backward import backward_schedule
 from genomec.codegen.modules import import_module_file, use_interpreter
 from genomec.codegen.schedule import schedule
-from genomec.codegen.tiles import DOT_PRECISION, backward_config, head_dim_pad
+from genomec.codegen.tiles import DOT_PRECISION, head_dim_pad
 from genomec.ir import Compiled, execute
 
 from . import autotune
@@ -137,7 +138,7 @@ class CompiledAttention(torch.nn.Module):
     def launch(self, q, k=None, v=None, mask=None, config: autotune.TileConfig | None = None, save_for_backward: bool = False):
         """The forward; with save_for_backward, `(out, saved)` where saved holds what the
         backward kernels read (log-sum-exp per softmax over keys, contraction values, the
-        [d,d] states of the reduction kernel)."""
+        [d,d] states and column statistics of the reduction kernel)."""
         if not self.kernels_apply(q, k, v):
             return execute(self.compiled.simplified, q, k, v, mask=mask)
         given = {"q": q, "k": k, "v": v}
@@ -167,6 +168,7 @@ class CompiledAttention(torch.nn.Module):
             "lse": torch.empty(max(1, batch * heads * len(plan.softmaxes) * seq_len), **fp32),
             "contractions": torch.empty(batch * heads * len(plan.contractions) * seq_len * head_dim, **fp32),
             "global": torch.empty(max(1, batch * heads * self.entry.reductions * head_dim_pad(head_dim) ** 2), **fp32),
+            "stats": torch.empty(max(1, batch * heads * self.entry.column_softmaxes * 2 * head_dim_pad(head_dim)), **fp32),
         }
 
     def launch_backward(self, q, k, v, mask, saved: dict, grad_out, config: autotune.TileConfig | None = None):
@@ -182,16 +184,21 @@ class CompiledAttention(torch.nn.Module):
         batch, heads, seq_len, head_dim = ref.shape
         device = ref.device
         plan = self.backward_plan
-        if config is None:  # the tiles ahead-of-time compilation checks (no spills)
-            config = autotune.INTERPRETER_CONFIG if self.interpret else backward_config(DTYPE_NAMES[dtype], head_dim)
+        if config is None:  # tuned on a GPU, apart from the forward's choice
+            config = self._backward_config(q, k, v, mask, saved, grad_out)
         fp32 = dict(dtype=torch.float32, device=device)
         args = {f"{n}_ptr": given[n].contiguous() for n in used}
         args["mask_ptr"] = mask.to(device=device, dtype=torch.int8).contiguous() if mask is not None else torch.zeros(1, dtype=torch.int8, device=device)
         args["lse_ptr"], args["saved_ptr"], args["global_ptr"] = saved["lse"], saved["contractions"], saved["global"]
+        args["stats_ptr"] = saved["stats"]
         args["dout_ptr"] = grad_out.to(dtype).contiguous()
         args["dglobal_ptr"] = torch.empty(max(1, batch * heads * self.entry.reductions * head_dim_pad(head_dim) ** 2), **fp32)
         args["dcontraction_ptr"] = torch.empty(batch * heads * len(plan.contractions) * seq_len * head_dim, **fp32)
         args["delta_ptr"] = torch.empty(max(1, batch * heads * len(plan.softmaxes) * seq_len), **fp32)
+        args["column_delta_ptr"] = torch.empty(max(1, batch * heads * len(plan.column_softmaxes) * head_dim_pad(head_dim)), **fp32)
+        # next to a pass over keys, the kernels add their shares of each column softmax's dP here
+        column_grads = len(plan.column_softmaxes) if plan.kind == "keys" else 0
+        args["dcolumn_ptr"] = torch.zeros(max(1, batch * heads * column_grads * seq_len * head_dim), **fp32)
         for n in used:
             args[f"d{n}_ptr"] = torch.zeros(ref.shape, **fp32)
         args["seq_len"], args["num_heads"] = seq_len, heads
@@ -207,8 +214,7 @@ class CompiledAttention(torch.nn.Module):
             getattr(self.module, kernel.name)[grid](
                 *(args[p] for p in kernel.params),
                 **{c: constants[c] for c in kernel.constexprs},
-                num_warps=config.num_warps,
-                num_stages=config.num_stages,
+                **config.launch_options(),
             )
         return tuple(args[f"d{n}_ptr"].to(dtype) if n in used else None for n in ("q", "k", "v"))
 
@@ -234,11 +240,25 @@ class CompiledAttention(torch.nn.Module):
         key = autotune.tuning_key(arch, DTYPE_NAMES[ref.dtype], head_dim, ref.shape[2])
 
         def time_config(config):
-            import triton.testing
-
-            return triton.testing.do_bench(lambda: self._run(tensors, mask, ref, config), warmup=5, rep=20)
+            return autotune.benchmark(lambda: self._run(tensors, mask, ref, config))
 
         return autotune.choose(self.tuning, self.compiled.hash, key, autotune.candidates(head_dim), time_config)
+
+    def _backward_config(self, q, k, v, mask, saved: dict, grad_out) -> autotune.TileConfig:
+        """The backward's tiles: tuned per (arch, dtype, head dim, length bucket) under a key of
+        its own, timing the whole backward launch sequence (every launch allocates fresh
+        gradient buffers, which the kernels accumulate into)."""
+        if self.interpret:
+            return autotune.INTERPRETER_CONFIG
+        ref = next(t for t in (q, k, v) if t is not None)
+        dtype, head_dim = DTYPE_NAMES[ref.dtype], ref.shape[-1]
+        arch = "sm_%d%d" % torch.cuda.get_device_capability(ref.device)
+        key = autotune.tuning_key(arch, dtype, head_dim, ref.shape[2], backward=True)
+
+        def time_config(config):
+            return autotune.benchmark(lambda: self.launch_backward(q, k, v, mask, saved, grad_out, config))
+
+        return autotune.choose(self.tuning, self.compiled.hash, key, autotune.backward_candidates(dtype, head_dim), time_config)
 
     def _run(self, tensors, mask, ref, config: autotune.TileConfig, saved: dict | None = None):
         batch, heads, seq_len, head_dim = ref.shape
@@ -252,7 +272,10 @@ class CompiledAttention(torch.nn.Module):
             args["global_ptr"] = saved["global"]
         else:
             args["global_ptr"] = torch.empty(max(1, batch * heads * self.entry.reductions * pad * pad), dtype=torch.float32, device=device)
-        args["stats_ptr"] = torch.empty(max(1, batch * heads * self.entry.column_softmaxes * 2 * pad), dtype=torch.float32, device=device)
+        if saved is not None:  # so are the column statistics
+            args["stats_ptr"] = saved["stats"]
+        else:
+            args["stats_ptr"] = torch.empty(max(1, batch * heads * self.entry.column_softmaxes * 2 * pad), dtype=torch.float32, device=device)
         args["seq_len"], args["num_heads"] = seq_len, heads
         if saved is None:  # SAVE_FOR_BACKWARD is off: the pointers are never read
             args["lse_ptr"] = args["saved_ptr"] = args["stats_ptr"]
@@ -267,8 +290,7 @@ class CompiledAttention(torch.nn.Module):
             fn[grid](
                 *(args[p] for p in kernel.params),
                 **{c: constants[c] for c in kernel.constexprs},
-                num_warps=config.num_warps,
-                num_stages=config.num_stages,
+                **config.launch_options(),
             )
         return out
 
@@ -282,10 +304,17 @@ def triton_cdiv(a: int, b: int) -> int:
 
 def load(compiled: Compiled, cache: KernelCache | None = None, options: dict | None = None) -> CompiledAttention:
     """The autograd module of a lowered graph: fused kernels from the cache (built on a miss),
-    or the reference executor for a graph outside the fused class."""
+    one module per stage for a graph that runs in stages, or the reference executor for a
+    graph outside the fused class."""
+    from genomec.codegen.stages import plan_stages
+
+    from .staged import StagedAttention
+
     cache = cache or KernelCache()
-    sched = schedule(compiled.simplified)
-    if not sched.fused:
-        return CompiledAttention(compiled, None, cache, reason=sched.reason)
-    entry = cache.get_or_build(compiled, options)
-    return CompiledAttention(compiled, entry, cache)
+    plan = plan_stages(compiled)
+    if not plan.fused:
+        return CompiledAttention(compiled, None, cache, reason=plan.reason)
+    modules = [CompiledAttention(s.compiled, cache.get_or_build(s.compiled, options), cache) for s in plan.stages]
+    # one module per stage, each from its own cache entry (a one-stage graph is its module,
+    # compiled as is or as the plan rewrote it)
+    return StagedAttention(plan, modules) if plan.multi_stage else modules[0]

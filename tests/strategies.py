@@ -24,3 +24,44 @@ def padding_masks(draw, batch: int, tokens: int):
         row[draw(st.integers(0, tokens - 1))] = True
         rows.append(row)
     return torch.tensor(rows, dtype=torch.bool)
+
+
+# -- graphs of the fused class (one stage) ---------------------------------------------------
+
+UNARY_TOKEN = ["neg", "scale", "sigmoid", "logsigmoid", "softsign", "tanh", "relu", "abs", "softmax"]
+UNARY_PAIR = ["scale", "neg", "sigmoid", "softsign", "tanh", "relu", "logsigmoid", "abs"]
+
+
+@st.composite
+def token_values(draw, base):
+    expr = base
+    for op in draw(st.lists(st.sampled_from(UNARY_TOKEN), max_size=2)):
+        expr = f"{op}({expr})"
+    if draw(st.booleans()):
+        expr = f"add({expr}, {draw(st.sampled_from(['q', 'k', 'v']))})"
+    return expr
+
+
+@st.composite
+def attention_maps(draw):
+    score = draw(st.sampled_from(["matmul", "cos", "euc"]))
+    query, key = draw(token_values("q")), draw(token_values("k"))
+    expr = f"matmul({query}, transpose({key}))" if score == "matmul" else f"{score}({query}, {key})"
+    ops = draw(st.lists(st.sampled_from(UNARY_PAIR + ["softmax"]), min_size=1, max_size=3))
+    for op in ops:
+        expr = f"{op}({expr})"
+    return expr
+
+
+@st.composite
+def fused_genomes(draw):
+    """Attention-shaped genomes that one stage fuses: pointwise token values, one or two
+    maps (scores, pair ops, softmaxes), a contraction with the values, a token op after."""
+    attention = draw(attention_maps())
+    if draw(st.booleans()):
+        combine = draw(st.sampled_from(["add", "sub", "max", "mul"]))
+        attention = f"{combine}({attention}, {draw(attention_maps())})"
+    expr = f"matmul({attention}, {draw(token_values('v'))})"
+    if draw(st.booleans()):
+        expr = f"{draw(st.sampled_from(['tanh', 'scale', 'softmax']))}({expr})"
+    return {"expr": expr, "causal": draw(st.booleans())}

@@ -16,6 +16,7 @@ from genomec.cli import main
 
 PAPER = str(GENOMES / "autobert-zero.json")
 TWO_HOP = str(GENOMES / "two-hop-attention.json")
+MAP_PRODUCT = str(GENOMES / "map-product-attention.json")  # outside the fused class
 
 
 @pytest.fixture(autouse=True)
@@ -48,7 +49,7 @@ def test_compile_with_arch_reports_kernel_resources(tmp_path):
 
 
 def test_compile_says_when_a_graph_falls_back(tmp_path, capsys):
-    assert main(["compile", TWO_HOP, "-o", str(tmp_path)]) == 0
+    assert main(["compile", MAP_PRODUCT, "-o", str(tmp_path)]) == 0
     (g,) = json.loads((tmp_path / "manifest.json").read_text())["graphs"]
     assert g["fused"] is False and g["backend"] == "reference" and g["kernels"] == [] and "t8" in g["reason"]
     assert "fallback, runs on the reference executor" in capsys.readouterr().out
@@ -75,7 +76,9 @@ def write_inputs(path, seed=0, shape=(2, 2, 13, 24)):
     np.savez(path, **arrays, mask=mask)
 
 
-@pytest.mark.parametrize("genome", ["standard-attention.json", "sqrt-after-softmax.json", "linear-attention.json", "two-hop-attention.json"])
+@pytest.mark.parametrize(
+    "genome", ["standard-attention.json", "sqrt-after-softmax.json", "linear-attention.json", "two-hop-attention.json", "map-product-attention.json"]
+)
 def test_run_triton_backend_matches_reference(tmp_path, genome, capsys):
     write_inputs(tmp_path / "in.npz")
     for backend in ("reference", "triton"):
@@ -84,7 +87,7 @@ def test_run_triton_backend_matches_reference(tmp_path, genome, capsys):
     err = capsys.readouterr().err
     ours, reference = np.load(tmp_path / "triton.npz")["out"], np.load(tmp_path / "reference.npz")["out"]
     np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-4 * np.abs(reference).max())
-    assert ("outside the fused class" in err) == (genome == "two-hop-attention.json")
+    assert ("outside the fused class" in err) == (genome == "map-product-attention.json")
 
 
 def test_run_triton_backend_with_grad(tmp_path):
@@ -106,13 +109,16 @@ def test_show_schedule_and_source(capsys):
     assert "row statistics of t3" in out and "accumulate t5" in out
     assert main(["show", str(GENOMES / "standard-attention.json"), "--stage", "source"]) == 0
     assert "@triton.jit" in capsys.readouterr().out
-    assert main(["show", TWO_HOP, "--stage", "source"]) == 0
+    assert main(["show", MAP_PRODUCT, "--stage", "source"]) == 0
     assert "fallback to the reference executor" in capsys.readouterr().out
+    assert main(["show", TWO_HOP, "--stage", "schedule"]) == 0
+    out = capsys.readouterr().out
+    assert "stage1: computes" in out and "v <- stage1" in out and out.count("kernel attention_fwd") == 2
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU-mode report")
 def test_bench_without_a_gpu_says_so(tmp_path, capsys):
-    assert main(["bench", str(GENOMES / "standard-attention.json"), TWO_HOP, "--no-aot", "-o", str(tmp_path)]) == 0
+    assert main(["bench", str(GENOMES / "standard-attention.json"), MAP_PRODUCT, "--no-aot", "-o", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "results.json").read_text())
     assert result["mode"] == "cpu" and "no CUDA GPU" in result["note"] and result["environment"]["gpu"] is None
     assert [r["fused"] for r in result["rows"]] == [True, False]

@@ -50,6 +50,9 @@ REWRITES = [
      "matmul(softmax(matmul(q, transpose(k))), v)"),
     ("matmul(softmax(sub(matmul(q, transpose(k)), matmul(v, softmax(sub(transpose(q), transpose(q)))))), v)",
      "matmul(softmax(matmul(q, transpose(k))), v)"),
+    # (A B) c -> A (B c) for [N,N] maps A, B: the product of two maps is never formed
+    ("matmul(matmul(softmax(matmul(q, transpose(k))), softmax(matmul(k, transpose(q)))), v)",
+     "matmul(softmax(matmul(q, transpose(k))), matmul(softmax(matmul(k, transpose(q))), v))"),
     # CSE and canonical operand order of commutative ops
     ("add(add(q, k), add(k, q))", "add(add(q, k), add(q, k))"),
     ("max(mul(k, q), mul(q, k))", "mul(q, k)"),
@@ -72,6 +75,8 @@ NORMAL_FORMS = [
     "sub(q, q)",  # zero, but there is no zero op to write it with
     "matmul(softmax(scale(cos(q, k))), v)",  # cos is not scale-free at the 1e-6 clamp
     "matmul(softmax(euc(neg(q), k)), v)",  # one sign does not cancel
+    "matmul(softmax(matmul(softmax(matmul(q, transpose(k))), softmax(matmul(k, transpose(q))))), v)",  # the product is needed whole
+    "matmul(q, matmul(transpose(k), v))",  # ([N,d] [d,N]) [N,d] order is the genome's choice
 ]
 
 

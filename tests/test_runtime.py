@@ -107,7 +107,8 @@ def test_two_processes_compiling_the_same_genome_both_succeed(tmp_path):
 
 
 def test_fallback_graph_loads_without_an_entry(tmp_path):
-    compiled = lowered("matmul(matmul(softmax(matmul(q, transpose(k))), softmax(matmul(k, transpose(q)))), v)")
+    # a softmax over the product of two maps: the [N,N] x [N,N] contraction is needed whole
+    compiled = lowered("matmul(softmax(matmul(softmax(matmul(q, transpose(k))), softmax(matmul(k, transpose(q))))), v)")
     module = load(compiled, KernelCache(tmp_path))
     assert not module.fused and module.backend == "reference (fallback)"
     assert list(tmp_path.iterdir()) == []
@@ -151,6 +152,94 @@ def test_autotune_skips_configs_that_fail_and_survives_a_corrupt_table(tmp_path)
 
 def test_length_buckets():
     assert [autotune.length_bucket(n) for n in (1, 64, 65, 1000, 1024, 1025)] == [64, 64, 128, 1024, 1024, 2048]
+
+
+def test_backward_has_its_own_key_and_search_space():
+    forward_key = autotune.tuning_key("sm_90", "fp16", 64, 3000)
+    backward_key = autotune.tuning_key("sm_90", "fp16", 64, 3000, backward=True)
+    assert backward_key == "sm_90/fp16/d64/n4096/bwd" != forward_key
+    for dtype in ("fp32", "fp16", "bf16"):
+        for head_dim in (24, 64, 96, 128, 256):
+            space = autotune.backward_candidates(dtype, head_dim)
+            assert space[0] == autotune.backward_config(dtype, head_dim)  # the fixed choice leads
+            assert len(set(space)) == len(space)
+
+
+class FakeGPU:
+    """Makes a module on the CPU interpreter tune as on a GPU: each timing runs the launches it
+    times (so they must be complete) and answers from a script, in candidate order. Records
+    the config of every kernel sequence launched and the backward's choices."""
+
+    def __init__(self, module, monkeypatch, times=()):
+        self.times = list(times)
+        self.timed = 0
+        self.launched = []  # ("forward" | "backward", config) per kernel sequence
+        self.backward_choices = []
+        module.interpret = False  # tune as on a GPU; Triton still interprets
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+        monkeypatch.setattr(autotune, "benchmark", self.benchmark)
+        run, launch_backward, backward_config = module._run, module.launch_backward, module._backward_config
+
+        def recorded_run(tensors, mask, ref, config, saved=None):
+            self.launched.append(("forward", config))
+            return run(tensors, mask, ref, config, saved)
+
+        def recorded_backward(q, k, v, mask, saved, grad_out, config=None):
+            self.launched.append(("backward", config))
+            return launch_backward(q, k, v, mask, saved, grad_out, config)
+
+        def recorded_backward_config(*args):
+            self.backward_choices.append(backward_config(*args))
+            return self.backward_choices[-1]
+
+        module._run, module.launch_backward, module._backward_config = recorded_run, recorded_backward, recorded_backward_config
+
+    def benchmark(self, run):
+        if self.timed == len(self.times):
+            pytest.fail("timed more candidates than scripted: a persisted choice was not read back")
+        run()
+        self.timed += 1
+        return self.times[self.timed - 1]
+
+
+def test_backward_tiles_are_tuned_persisted_and_apart_from_the_forward(tmp_path, monkeypatch):
+    cache = KernelCache(tmp_path)
+    compiled = lowered()
+    g = torch.Generator().manual_seed(0)
+    q, k, v, grad_out = (torch.randn(1, 2, 45, 16, generator=g).half() for _ in range(4))
+    forward_space, backward_space = autotune.candidates(16), autotune.backward_candidates("fp16", 16)
+    assert len(backward_space) > 1
+    # the last candidate wins each search: neither is the fixed default
+    times = [2.0] * (len(forward_space) - 1) + [1.0] + [2.0] * (len(backward_space) - 1) + [1.0]
+
+    def forward_and_backward(module):
+        inputs = [t.clone().requires_grad_(True) for t in (q, k, v)]
+        module(*inputs).backward(grad_out)
+        return [t.grad for t in inputs]
+
+    first = load(compiled, cache)
+    fake = FakeGPU(first, monkeypatch, times)
+    grads = forward_and_backward(first)
+    assert fake.timed == len(times)
+    # the forward's candidates, then the backward's (each on a whole backward sequence) were timed
+    assert [c for phase, c in fake.launched if phase == "forward"] == [*forward_space, forward_space[-1]]
+    assert [c for phase, c in fake.launched if phase == "backward"] == [None, *backward_space]
+    assert fake.backward_choices == [backward_space[-1]]
+    table = autotune.TuningTable(cache.root / "autotune.json")
+    assert table.get(compiled.hash, autotune.tuning_key("sm_90", "fp16", 16, 45)) == forward_space[-1]
+    assert table.get(compiled.hash, autotune.tuning_key("sm_90", "fp16", 16, 45, backward=True)) == backward_space[-1]
+
+    # a second module (as another process: a fresh table object) reads both choices back
+    second = load(compiled, cache)
+    again = FakeGPU(second, monkeypatch)  # no timings scripted: any would fail
+    second_grads = forward_and_backward(second)
+    assert [c for phase, c in again.launched if phase == "forward"] == [forward_space[-1]]
+    assert again.backward_choices == [backward_space[-1]]
+    reference = [t.double().requires_grad_(True) for t in (q, k, v)]
+    execute(compiled.simplified, *reference).backward(grad_out.double())
+    for ours, before, exact in zip(second_grads, grads, reference):
+        torch.testing.assert_close(ours, before)
+        torch.testing.assert_close(ours.double(), exact.grad, rtol=2e-2, atol=2e-2)
 
 
 @pytest.mark.gpu

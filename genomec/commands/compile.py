@@ -49,10 +49,14 @@ def handle(args) -> int:
             print(f"  {g['hash']}{where}: fallback, runs on the reference executor: {g['reason']}")
             continue
         backward = "fused backward" if g["backward"]["fused"] else f"backward on the reference executor: {g['backward']['reason']}"
-        print(f"  {g['hash']}{where}: fused, {len(g['stages'])} stage(s), {backward} -> {g['module']}")
+        print(f"  {g['hash']}{where}: fused, {len(g['stages'])} stage(s), {backward} -> {', '.join(g['modules'])}")
+        if "rewritten" in g:
+            print(f"    ({g['rewritten']})")
         for k in g["kernels"]:
+            name = f"{k['stage']}/{k['name']}" if len(g["modules"]) > 1 or "computes" in k else k["name"]
             if "registers" in k:
-                print(f"    {k['name']}: {k['registers']} registers, {k['spills']} bytes spilled, {k['shared_bytes']} B shared ({args.arch}, {args.dtype})")
+                tiles = f", tiles {k['tile_config']['block_m']}x{k['tile_config']['block_n']}" if "tile_config" in k else ""
+                print(f"    {name}: {k['registers']} registers, {k['spills']} bytes spilled, {k['shared_bytes']} B shared ({args.arch}, {args.dtype}{tiles})")
             else:
-                print(f"    {k['name']}")
+                print(f"    {name}")
     return 0

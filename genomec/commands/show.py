@@ -19,18 +19,30 @@ STAGES = {
 
 def _schedule_text(entry) -> str:
     from genomec.codegen.schedule import format_schedule, schedule
+    from genomec.codegen.stages import format_stages, plan_stages
 
-    return format_schedule(schedule(entry.compiled.simplified))
+    plan = plan_stages(entry.compiled)
+    if not plan.fused:
+        return format_schedule(schedule(entry.compiled.simplified))
+    parts = [plan.note] if plan.note else []
+    if not plan.multi_stage:
+        return "\n".join(parts + [format_schedule(schedule(plan.stages[0].compiled.simplified))])
+    parts.append(format_stages(plan))
+    for stage in plan.stages:
+        parts.append(f"-- {stage.name} --\n" + format_schedule(schedule(stage.compiled.simplified)))
+    return "\n".join(parts)
 
 
 def _source_text(entry) -> str:
     from genomec.codegen.generate import generate
-    from genomec.codegen.schedule import schedule
+    from genomec.codegen.stages import plan_stages
 
-    sched = schedule(entry.compiled.simplified)
-    if not sched.fused:
-        return f"# no generated source: fallback to the reference executor ({sched.reason})"
-    return generate(entry.compiled).source
+    plan = plan_stages(entry.compiled)
+    if not plan.fused:
+        return f"# no generated source: fallback to the reference executor ({plan.reason})"
+    if not plan.multi_stage:
+        return generate(plan.stages[0].compiled).source
+    return "\n\n".join(f"# ===== {s.name}: computes {s.computes} =====\n" + generate(s.compiled).source for s in plan.stages)
 
 
 def register(sub) -> None:
