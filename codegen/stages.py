@@ -20,12 +20,14 @@ outside the fused class, and so is a graph with a part outside it in any stage.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
-from genomec.genome.ops import INPUT_NAMES, INPUT_SHAPE, OPS
+from genomec.genome.ops import HEAD, INPUT_NAMES, INPUT_SHAPE, OPS, TOKENS
 from genomec.ir import Compiled, run_passes, structural_hash
-from genomec.ir.graph import GLOBAL_SPACE, INPUT_OP, IR, TOKEN_SPACE, IRBuilder
+from genomec.ir.graph import INPUT_OP, IR, IRBuilder
 from genomec.ir.reference import _row_local
+from genomec.ir.rewrite import rewrite, rule
 
 from .schedule import OutsideFusedClass, schedule
 
@@ -89,35 +91,32 @@ def _whole(output: str, compiled: Compiled) -> Stage:
     return Stage("stage1", output, compiled, tuple((name, name) for name in compiled.simplified.inputs))
 
 
+def _state_from_tokens(builder: IRBuilder, bindings: dict) -> bool:
+    """x [N,d] times a [d,d] state a b reduced over the tokens (a [d,N], b [N,d])."""
+    shapes = [builder.node(bindings[v]).shape for v in ("x", "a", "b")]
+    return shapes == [(TOKENS, HEAD), (HEAD, TOKENS), (TOKENS, HEAD)]
+
+
+# x (a b) -> (x a) b: exact per prefix (SPEC 2.4), but O(N^2 d) instead of O(N d^2), so only
+# for causal graphs, where the state over the whole prefix is what keeps them from fusing
+CAUSAL_STATE_RULES = [rule("matmul(x, matmul(a, b)) -> matmul(matmul(x, a), b)", when=_state_from_tokens)]
+
+
 def _causal_states_as_pairs(compiled: Compiled) -> StagePlan | None:
     """Causal linear attention: a token value times a [d,d] state over the tokens,
-    x (a b) with a [d,N] and b [N,d], depends on the whole prefix (so it is not row-local);
-    reassociated to (x a) b it is pair scores contracted over the keys, which the causal
-    mask makes exact per prefix: out_i = sum_{j <= i} (x_i . a_j) b_j. O(N^2 d) instead of
-    O(N d^2), but one fused kernel instead of the reference executor's N prefixes."""
-    ir = compiled.simplified
-    builder = IRBuilder(share=True)
-    new: dict[str, str] = {}
-    rewritten = False
-    for node_id, node in ir.nodes():
-        if node.op == INPUT_OP:
-            new[node_id] = builder.input(node.input)
-            continue
-        if node.op == "matmul" and node.space == TOKEN_SPACE and node.shape == INPUT_SHAPE:
-            x, state = node.operands
-            a, b = ir.node(state).operands if ir.node(state).op == "matmul" else (None, None)
-            if ir.node(state).space == GLOBAL_SPACE and a and ir.node(a).space == ir.node(b).space == TOKEN_SPACE:
-                new[node_id] = builder.add("matmul", [builder.add("matmul", [new[x], new[a]]), new[b]])
-                rewritten = True
-                continue
-        new[node_id] = builder.add(node.op, [new[o] for o in node.operands])
-    if not rewritten:
+    x (a b), depends on the whole prefix (so it is not row-local); reassociated to (x a) b
+    it is pair scores contracted over the keys, which the causal mask makes exact per
+    prefix: out_i = sum_{j <= i} (x_i . a_j) b_j. One fused kernel instead of the
+    reference executor's N prefixes."""
+    hits = Counter()
+    rewritten = rewrite(compiled.simplified, CAUSAL_STATE_RULES, hits)
+    if not hits:
         return None
-    simplified = run_passes(builder.finish(new[ir.output], ir.causal, ir.declared_inputs, ir.name))
+    simplified = run_passes(rewritten)
     if not schedule(simplified).fused:
         return None
     pairs = Compiled(compiled.simplified, simplified, structural_hash(simplified))
-    return StagePlan(compiled, (_whole(ir.output, pairs),), note="causal: x (a b) with a [d,d] state a b reassociated to (x a) b")
+    return StagePlan(compiled, (_whole(compiled.simplified.output, pairs),), note="causal: x (a b) with a [d,d] state a b reassociated to (x a) b")
 
 
 def _cuts(ir: IR) -> list[str]:
