@@ -746,10 +746,6 @@ def _column_delta_pass(sched: Schedule, plan: BackwardSchedule, emitter: Emitter
     )
 
 
-def _input_grad_adds(backprop: _Backprop, rows: str) -> list[str]:
-    return [T.ADD_INPUT_GRAD.format(name=n, offs="offs_m", grad=grad(n, rows)) for n in ("q", "k", "v") if backprop.has(n, rows)]
-
-
 def _query_rows_kernel(sched: Schedule, plan: BackwardSchedule) -> str:
     ir = sched.ir
     emitter = Emitter(ir, sched.kinds)
@@ -760,7 +756,7 @@ def _query_rows_kernel(sched: Schedule, plan: BackwardSchedule) -> str:
     values += _emit_all(emitter, plan.query_values, QUERY) + query.lines
     return T.BACKWARD_TOKEN_PROGRAM.format(
         name="attention_bwd_query_rows", params="{params}", title="query rows: back from d_out",
-        values=_indent(values, 4), store=_indent(_input_grad_adds(query, QUERY), 4),
+        values=_indent(values, 4), store=_indent(_input_grad_stores(query, QUERY, "offs_m"), 4),
     )
 
 
@@ -780,7 +776,7 @@ def _state_rows_kernel(sched: Schedule, plan: BackwardSchedule) -> str:
     values += _emit_all(emitter, plan.reduction_values, KEY) + keys.lines
     return T.BACKWARD_TOKEN_PROGRAM.format(
         name="attention_bwd_state_rows", params="{params}", title="rows of the reductions' operands: back from each state's cotangent",
-        values=_indent(values, 4), store=_indent(_input_grad_adds(keys, KEY), 4),
+        values=_indent(values, 4), store=_indent(_input_grad_stores(keys, KEY, "offs_m"), 4),
     )
 
 
@@ -798,5 +794,5 @@ def _column_rows_kernel(sched: Schedule, plan: BackwardSchedule) -> str:
     values += _emit_all(emitter, plan.column_values, KEY) + rows.lines
     return T.BACKWARD_TOKEN_PROGRAM.format(
         name=COLUMN_ROWS_KERNEL, params="{params}", title="rows of the softmaxes over tokens: back from dX = P * (dP - delta)",
-        values=_indent(values, 4), store=_indent(_input_grad_adds(rows, KEY), 4),
+        values=_indent(values, 4), store=_indent(_input_grad_stores(rows, KEY, "offs_m"), 4),
     )

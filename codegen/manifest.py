@@ -122,8 +122,7 @@ def compile_genome(
         )
         for (stage_kernels, _, _), resources in zip(generated_modules, results):
             for record, r in zip(stage_kernels, resources):  # the records in the manifest, filled in place
-                record.update(registers=r.registers, spills=r.spills, stack=r.stack, shared_bytes=r.shared_bytes,
-                              compile_seconds=round(r.compile_seconds, 3))
+                record.update(_resources(r))
         _retile_spilling_backwards(generated_modules, arch, dtype, head_dim, say)
         for stage_kernels, first_kernels in repeated:
             for record, first in zip(stage_kernels, first_kernels):
@@ -148,6 +147,11 @@ def compile_genome(
     return manifest
 
 
+def _resources(r) -> dict:
+    """A kernel's manifest fields from ahead-of-time compilation."""
+    return dict(registers=r.registers, spills=r.spills, stack=r.stack, shared_bytes=r.shared_bytes, compile_seconds=round(r.compile_seconds, 3))
+
+
 def _retile_spilling_backwards(generated_modules, arch: str, dtype: str, head_dim: int, say) -> None:
     """A module whose backward kernels spill with the fixed backward tiles is compiled again
     with the next candidates of the backward search space (the ones a GPU tunes over) until
@@ -163,8 +167,7 @@ def _retile_spilling_backwards(generated_modules, arch: str, dtype: str, head_di
             if not any(r.spills for r in resources):
                 say(f"{module_file.name}: backward kernels spill with the default tiles; {candidate} does not")
                 for record, r in zip(backward, resources):
-                    record.update(registers=r.registers, spills=r.spills, stack=r.stack, shared_bytes=r.shared_bytes,
-                                  compile_seconds=round(r.compile_seconds, 3), tile_config=dataclasses.asdict(candidate))
+                    record.update(_resources(r), tile_config=dataclasses.asdict(candidate))
                 break
 
 

@@ -293,8 +293,12 @@ SAVE_FOR_BACKWARD = '''
 {lines}
 '''
 ROW_STAT_OFFSETS = "(batch_head * {count} + {index}) * seq_len + offs_m"
-TOKEN_ROWS = "(batch_head.to(tl.int64) * {count} + {index}) * seq_len * HEAD_DIM + offs_m[:, None] * HEAD_DIM + offs_d[None, :]"
-ROWS_OK = "(offs_m[:, None] < seq_len) & dim_ok"
+# Rows {offs} of buffer {index} of {count} of [N, HEAD_DIM] token rows per (batch, head), and
+# the same for the program's query rows.
+TOKEN_ROWS_AT = "(batch_head.to(tl.int64) * {count} + {index}) * seq_len * HEAD_DIM + {offs}[:, None] * HEAD_DIM + offs_d[None, :]"
+ROWS_OK_AT = "({offs}[:, None] < seq_len) & dim_ok"
+TOKEN_ROWS = TOKEN_ROWS_AT.replace("{offs}", "offs_m")
+ROWS_OK = ROWS_OK_AT.replace("{offs}", "offs_m")
 SAVE_LSE = 'tl.store(lse_ptr + ' + ROW_STAT_OFFSETS + ', tl.where({s}_sum > 0, {s}_max + tl.log({s}_sum), float("inf")), mask=row_in_range)'
 SAVE_CONTRACTION = "tl.store(saved_ptr + " + TOKEN_ROWS + ", {c}_i, mask=" + ROWS_OK + ")"
 
@@ -308,11 +312,17 @@ LOAD_OUTPUT_GRAD = (
     "d{out}_i = tl.where(query_ok[:, None], tl.load(dout_ptr + head_offset + offs_m[:, None] * HEAD_DIM + offs_d[None, :], "
     "mask=" + ROWS_OK + ", other=0.0).to(tl.float32), 0.0)  # padded rows' outputs are constant 0"
 )
-# An input's gradient on the rows this program owns: load, add, store.
-ADD_INPUT_GRAD = '''\
-d{name}_offsets = head_offset + {offs}[:, None] * HEAD_DIM + offs_d[None, :]
-d{name}_mask = ({offs}[:, None] < seq_len) & dim_ok
-tl.store(d{name}_ptr + d{name}_offsets, tl.load(d{name}_ptr + d{name}_offsets, mask=d{name}_mask, other=0.0) + {grad}, mask=d{name}_mask)'''
+# A share added into fp32 token rows {offs} that this program owns: load, add, store (the
+# kernels run one after the other, so no atomics). {var}, {ptr}, {offsets} are filled below.
+ADD_TO_OWN_ROWS = '''\
+{var}_offsets = {offsets}
+{var}_mask = ''' + ROWS_OK_AT + '''
+tl.store({ptr} + {var}_offsets, tl.load({ptr} + {var}_offsets, mask={var}_mask, other=0.0) + {grad}, mask={var}_mask)'''
+# An input's gradient on its rows.
+ADD_INPUT_GRAD = (
+    ADD_TO_OWN_ROWS.replace("{var}", "d{name}").replace("{ptr}", "d{name}_ptr")
+    .replace("{offsets}", "head_offset + {offs}[:, None] * HEAD_DIM + offs_d[None, :]")
+)
 GRAD_ACCUMULATOR_INIT = "acc_d{x} = tl.zeros([{rows}, HEAD_DIM_PAD], tl.float32)"
 DELTA_INIT = "{s}_delta = tl.zeros([BLOCK_M], tl.float32)"
 DELTA_UPDATE = "{s}_delta += tl.sum({p} * d{p}, 1)"
@@ -421,12 +431,8 @@ LOAD_COLUMN_DELTA = "{s}_delta = tl.load(column_delta_ptr + " + COLUMN_DELTA_OFF
 # With a pass over keys, the key-pass kernels add their shares of dP of each softmax over
 # tokens into a buffer of token rows (each program on its own rows), the global kernel sums
 # delta from it, and attention_bwd_column_rows goes on from dX = P * (dP - delta) per token block.
-COLUMN_GRAD_ROWS = "(batch_head.to(tl.int64) * {count} + {index}) * seq_len * HEAD_DIM + {offs}[:, None] * HEAD_DIM + offs_d[None, :]"
-ADD_COLUMN_GRAD = '''\
-d{s}_offsets = ''' + COLUMN_GRAD_ROWS + '''
-d{s}_mask = ({offs}[:, None] < seq_len) & dim_ok
-tl.store(dcolumn_ptr + d{s}_offsets, tl.load(dcolumn_ptr + d{s}_offsets, mask=d{s}_mask, other=0.0) + {grad}, mask=d{s}_mask)'''
-LOAD_COLUMN_GRAD = "tl.load(dcolumn_ptr + " + COLUMN_GRAD_ROWS + ", mask=({offs}[:, None] < seq_len) & dim_ok, other=0.0)"
+ADD_COLUMN_GRAD = ADD_TO_OWN_ROWS.replace("{var}", "d{s}").replace("{ptr}", "dcolumn_ptr").replace("{offsets}", TOKEN_ROWS_AT)
+LOAD_COLUMN_GRAD = "tl.load(dcolumn_ptr + " + TOKEN_ROWS_AT + ", mask=" + ROWS_OK_AT + ", other=0.0)"
 
 BACKWARD_GLOBAL_PROGRAM = BACKWARD_PROLOGUE + '''
     # -- program: all tokens of one (batch, head) --

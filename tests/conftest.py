@@ -42,3 +42,23 @@ def zoo_graphs() -> list:
         for i, g in enumerate(attention_graphs(load_genome(path))):
             graphs.setdefault(lower(g).hash, (f"{path.stem}[{i}]", g))
     return list(graphs.values())
+
+
+def random_problem(shape, dtype=None, seed=0, mask_rate=0.3):
+    """Seeded q, k, v and an output cotangent of `shape` (fp32 unless `dtype`), and a key
+    padding mask [B, N] with the first token of every sequence real."""
+    import torch
+
+    dtype = dtype or torch.float32
+    g = torch.Generator().manual_seed(seed)
+    q, k, v, grad_out = (torch.randn(shape, generator=g).to(dtype) for _ in range(4))
+    mask = torch.rand(shape[0], shape[2], generator=g) > mask_rate
+    mask[:, 0] = True
+    return (q, k, v), grad_out, mask
+
+
+def relative_error(ours, reference) -> float:
+    """max |ours - reference| relative to max |reference| (float64 comparison)."""
+    # A gradient that is 0 in exact arithmetic (a softmax over a single key) is compared
+    # absolutely: the floor keeps rounding noise from reading as a relative error.
+    return ((ours.double() - reference).abs().max() / reference.abs().max().clamp_min(1e-3)).item()

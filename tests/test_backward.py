@@ -17,7 +17,7 @@ if not torch.cuda.is_available():  # Triton's mode is fixed by its first import:
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import zoo_graphs
+from conftest import random_problem, relative_error, zoo_graphs
 from genomec.codegen import schedule
 from genomec.codegen.backward import backward_schedule
 from genomec.codegen.stages import plan_stages
@@ -43,20 +43,6 @@ CAUSAL_FALLBACK = {"efficient-attention[0]", "two-hop-attention[0]", "map-produc
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     return KernelCache(tmp_path_factory.mktemp("kernels"))
-
-
-def random_problem(shape, dtype=torch.float32, seed=0, mask_rate=0.3):
-    g = torch.Generator().manual_seed(seed)
-    q, k, v, grad_out = (torch.randn(shape, generator=g).to(dtype) for _ in range(4))
-    mask = torch.rand(shape[0], shape[2], generator=g) > mask_rate
-    mask[:, 0] = True
-    return (q, k, v), grad_out, mask
-
-
-def relative_error(ours, reference) -> float:
-    # A gradient that is 0 in exact arithmetic (a softmax over a single key) is compared
-    # absolutely: the floor keeps rounding noise from reading as a relative error.
-    return ((ours.double() - reference).abs().max() / reference.abs().max().clamp_min(1e-3)).item()
 
 
 class BackwardSpy:

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 if not torch.cuda.is_available():  # Triton's mode is fixed by its first import: interpret here
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from conftest import ROOT
+from conftest import ROOT, random_problem, relative_error
 from genomec.cli import main
 from genomec.codegen.stages import plan_stages
 from genomec.genome import load_genome, parse_genome
@@ -72,18 +72,6 @@ STAGED = {
 STAGE_COUNTS = {"output-as-keys": 2, "output-as-queries": 2, "output-in-a-state": 2, "state-of-a-state": 2, "three-hops": 3}
 
 
-def random_problem(shape, seed):
-    g = torch.Generator().manual_seed(seed)
-    q, k, v, grad_out = (torch.randn(shape, generator=g, dtype=torch.float64) for _ in range(4))
-    mask = torch.rand(shape[0], shape[2], generator=g) > 0.3
-    mask[:, 0] = True
-    return (q, k, v), grad_out, mask
-
-
-def relative_error(ours, reference) -> float:
-    return ((ours.double() - reference).abs().max() / reference.abs().max().clamp_min(1e-3)).item()
-
-
 @pytest.mark.parametrize("name", sorted(STAGED))
 def test_staged_graphs_match_the_reference_forward_and_backward(name, cache):
     compiled = lowered(STAGED[name])
@@ -91,7 +79,7 @@ def test_staged_graphs_match_the_reference_forward_and_backward(name, cache):
     assert len(plan.stages) == STAGE_COUNTS[name], plan.reason
     module = load(compiled, cache)
     assert module.fused and module.backward_fused, module.backward_reason
-    inputs, grad_out, mask = random_problem((2, 1, 37, 24), seed=len(name))
+    inputs, grad_out, mask = random_problem((2, 1, 37, 24), torch.float64, seed=len(name))
     used = compiled.simplified.inputs
     ours = [t.float().requires_grad_(True) if n in used else None for t, n in zip(inputs, "qkv")]
     out = module(*ours, mask=mask)
@@ -139,7 +127,7 @@ def test_compile_writes_one_module_per_distinct_stage_and_names_each_kernels_sta
 def test_reassociating_two_maps_keeps_the_meaning_with_padding(causal):
     """(A B) V and A (B V) agree per row and per prefix, with tokens deleted by padding."""
     compiled = lowered(json.loads((ROOT / "genomes" / "two-hop-attention.json").read_text())["expr"], causal=causal)
-    (q, k, v), _, mask = random_problem((2, 2, 11, 8), seed=5)
+    (q, k, v), _, mask = random_problem((2, 2, 11, 8), torch.float64, seed=5)
     as_written = execute(compiled.parsed, q, k, v, mask=mask)
     reassociated = execute(compiled.simplified, q, k, v, mask=mask)
     ir = compiled.simplified
@@ -157,7 +145,7 @@ def test_causal_linear_attention_is_fused_as_pair_scores(cache):
     assert not any(n.space == "global" for _, n in stage.compiled.simplified.nodes())
     module = load(compiled, cache)
     assert module.fused and module.backward_fused
-    inputs, grad_out, mask = random_problem((2, 2, 37, 24), seed=11)
+    inputs, grad_out, mask = random_problem((2, 2, 37, 24), torch.float64, seed=11)
     ours = [t.float().requires_grad_(True) for t in inputs]
     reference = [t.clone().requires_grad_(True) for t in inputs]
     out = module(*ours, mask=mask)
@@ -182,7 +170,7 @@ def test_an_attention_output_as_any_input_of_another_runs_in_stages(first, secon
     plan = plan_stages(compiled)
     assert plan.fused and len(plan.stages) >= 2, plan.reason
     module = load(compiled, KernelCache(tmp_path_factory.getbasetemp() / "composed-kernels"))
-    inputs, _, mask = random_problem((2, 1, 19, 24), seed)
+    inputs, _, mask = random_problem((2, 1, 19, 24), torch.float64, seed)
     out = module(*(t.float() for t in inputs), mask=mask)
     expected = execute(compiled.simplified, *inputs, mask=mask)
     assert relative_error(out, expected) <= TOLERANCE
