@@ -1,5 +1,7 @@
-"""The genome language: the op registry, genome records, and the file parser."""
+"""The genome language: the op registry, genome records, the file parser and validators,
+and the graph editor mutations build genomes with."""
 
+from .edit import GraphEditor
 from .ops import INPUT_NAMES, OPS, Op, ShapeError, get_op
 from .parse import (
     MAX_NODES,
@@ -10,6 +12,8 @@ from .parse import (
     parse_attention,
     parse_genome,
     to_expr,
+    validate_attention,
+    validate_model,
 )
 from .schema import (
     AttentionGenome,
@@ -24,6 +28,7 @@ from .schema import (
 
 __all__ = [
     "INPUT_NAMES", "OPS", "Op", "ShapeError", "get_op", "MAX_NODES", "attention_to_json", "genome_to_json",
-    "load_genome", "loads_genome", "parse_attention", "parse_genome", "to_expr", "AttentionGenome",
-    "AttentionLayer", "ConvLayer", "Genome", "GenomeError", "ModelGenome", "NodeSpec", "attention_graphs",
+    "load_genome", "loads_genome", "parse_attention", "parse_genome", "to_expr", "validate_attention",
+    "validate_model", "AttentionGenome", "AttentionLayer", "ConvLayer", "Genome", "GenomeError", "ModelGenome",
+    "NodeSpec", "attention_graphs", "GraphEditor",
 ]

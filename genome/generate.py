@@ -21,13 +21,27 @@ def random_attention(
     max_nodes: int = 10,
     ops: Sequence[str] | None = None,
     causal: bool = False,
+    form: str | None = None,
+    pick_op: Pick | None = None,
 ) -> AttentionGenome:
     """A valid genome drawn through `pick`: either attention-shaped (token-side values, a
-    pairwise score, pairwise transforms, a contraction over keys or through a [d,d] state)
-    or a free DAG of at most `max_nodes` ops from `ops` (default: the whole registry)."""
-    if ops is None and pick(["attention", "dag"]) == "attention":
-        return _attention_shaped(pick, causal)
-    return _free_dag(pick, max_nodes, list(OPS) if ops is None else list(ops), causal)
+    pairwise score, pairwise transforms, a contraction over keys or through a [d,d] state;
+    at most 11 nodes) or a free DAG of at most `max_nodes` ops from `ops` (default: the
+    whole registry).
+
+    `form` ("attention" or "dag") forces the form; by default it is drawn when `ops` is
+    None and a free DAG otherwise. An attention-shaped graph with `ops` given uses only
+    those (a free DAG when they cannot make one). Ops are chosen through `pick_op`
+    (default `pick`), everything else through `pick`."""
+    pick_op = pick_op or pick
+    if form is None:
+        form = pick(["attention", "dag"]) if ops is None else "dag"
+    allowed = list(OPS) if ops is None else list(ops)
+    if form == "attention":
+        genome = _attention_shaped(pick, pick_op, causal, set(allowed))
+        if genome is not None:
+            return genome
+    return _free_dag(pick, pick_op, max_nodes, allowed, causal)
 
 
 class _Draft:
@@ -56,10 +70,14 @@ _UNARY = [name for name, op in OPS.items() if op.elementwise and op.arity == 1]
 _BINARY = [name for name, op in OPS.items() if op.elementwise and op.arity == 2]
 
 
-def _elementwise_steps(pick: Pick, draft: _Draft, value: str, steps: int) -> str:
+def _elementwise_steps(pick: Pick, pick_op: Pick, draft: _Draft, value: str, steps: int, allowed: set[str]) -> str:
     """Apply `steps` elementwise ops to `value` (binary ones take a partner of its shape)."""
+    unary, binary = [op for op in _UNARY if op in allowed], [op for op in _BINARY if op in allowed]
     for _ in range(steps):
-        op = pick(_UNARY + _BINARY + (["softmax"] if draft.shapes[value][1] == "N" else []))
+        options = unary + binary + (["softmax"] if "softmax" in allowed and draft.shapes[value][1] == "N" else [])
+        if not options:
+            break
+        op = pick_op(options)
         if op in _BINARY:
             value = draft.add(op, value, pick(draft.of_shape(draft.shapes[value])))
         else:
@@ -67,35 +85,47 @@ def _elementwise_steps(pick: Pick, draft: _Draft, value: str, steps: int) -> str
     return value
 
 
-def _attention_shaped(pick: Pick, causal: bool) -> AttentionGenome:
+# The ops each kind of attention-shaped graph is built around.
+_KINDS = {
+    "dot": {"matmul", "transpose"},
+    "cos": {"cos", "matmul"},
+    "euc": {"euc", "matmul"},
+    "state": {"transpose", "matmul"},
+}
+
+
+def _attention_shaped(pick: Pick, pick_op: Pick, causal: bool, allowed: set[str]) -> AttentionGenome | None:
+    kinds = [kind for kind, needs in _KINDS.items() if needs <= allowed]
+    if not kinds:
+        return None
     draft = _Draft()
-    query = _elementwise_steps(pick, draft, pick(INPUT_NAMES), pick(range(3)))
-    key = _elementwise_steps(pick, draft, pick(INPUT_NAMES), pick(range(3)))
-    kind = pick(["dot", "cos", "euc", "state"])
+    query = _elementwise_steps(pick, pick_op, draft, pick(INPUT_NAMES), pick(range(3)), allowed)
+    key = _elementwise_steps(pick, pick_op, draft, pick(INPUT_NAMES), pick(range(3)), allowed)
+    kind = pick(kinds)
     if kind == "state":  # linear attention: a [d,d] state from keys and values, read by queries
         keys_t = draft.add("transpose", key)
-        if pick([False, True]):
+        if "softmax" in allowed and pick([False, True]):
             keys_t = draft.add("softmax", keys_t)  # normalised over tokens
         state = draft.add("matmul", keys_t, pick(draft.of_shape(INPUT_SHAPE)))
-        state = _elementwise_steps(pick, draft, state, pick(range(2)))
+        state = _elementwise_steps(pick, pick_op, draft, state, pick(range(2)), allowed)
         out = draft.add("matmul", query, state)
     else:
         if kind == "dot":
             score = draft.add("matmul", query, draft.add("transpose", key))
         else:
             score = draft.add(kind, query, key)
-        score = _elementwise_steps(pick, draft, score, pick(range(1, 4)))
+        score = _elementwise_steps(pick, pick_op, draft, score, pick(range(1, 4)), allowed)
         out = draft.add("matmul", score, pick(draft.of_shape(INPUT_SHAPE)))
-    out = _elementwise_steps(pick, draft, out, pick(range(2)))
+    out = _elementwise_steps(pick, pick_op, draft, out, pick(range(2)), allowed)
     return draft.finish(out, causal)
 
 
-def _free_dag(pick: Pick, max_nodes: int, ops: list[str], causal: bool) -> AttentionGenome:
+def _free_dag(pick: Pick, pick_op: Pick, max_nodes: int, ops: list[str], causal: bool) -> AttentionGenome:
     """Each step draws an op, then operands whose shapes it accepts (a step with none adds
     nothing). The output is the last [N,d] node, or an input when there is none."""
     draft = _Draft()
     for _ in range(pick(range(1, max_nodes + 1))):
-        op = OPS[pick(ops)]
+        op = OPS[pick_op(ops)]
         first = pick(list(draft.shapes))
         args = [first]
         if op.arity == 2:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 from .ops import INPUT_NAMES, INPUT_SHAPE, OPS, OUTPUT_SHAPE, ShapeError, format_shape
@@ -238,6 +239,8 @@ def _topological(nodes: list[NodeSpec], problems: list[str]) -> list[NodeSpec] |
 
 
 def parse_attention(obj, max_nodes: int = MAX_NODES) -> AttentionGenome:
+    """A decoded attention graph (either form) -> AttentionGenome. The file's own rules
+    (keys, field types, the two forms) are checked here, the graph's in `_check_attention`."""
     if not isinstance(obj, dict):
         raise GenomeError(f"an attention graph is a JSON object, got {_json_type(obj)}")
     problems: list[str] = []
@@ -251,16 +254,9 @@ def parse_attention(obj, max_nodes: int = MAX_NODES) -> AttentionGenome:
             problems.append(f"'{key}' must be a string")
 
     declared = obj.get("inputs")
-    if declared is not None:
-        if not isinstance(declared, list) or not all(isinstance(i, str) for i in declared):
-            problems.append("'inputs' must be an array of input names (q, k, v)")
-            declared = None
-        else:
-            for name in declared:
-                if name not in INPUT_NAMES:
-                    problems.append(f"'inputs': unknown input '{name}' (inputs are q, k, v)")
-            if len(set(declared)) != len(declared):
-                problems.append("'inputs': an input is listed twice")
+    if declared is not None and (not isinstance(declared, list) or not all(isinstance(i, str) for i in declared)):
+        problems.append("'inputs' must be an array of input names (q, k, v)")
+        declared = None
 
     # -- the two forms --
     nodes: list[NodeSpec] = []
@@ -280,6 +276,34 @@ def parse_attention(obj, max_nodes: int = MAX_NODES) -> AttentionGenome:
         if not isinstance(output, str):
             problems.append("'output' must name the node (or input) that is the graph's result")
             output = None
+
+    ordered, inputs = _check_attention(nodes, output, declared, max_nodes, problems)
+    return AttentionGenome(
+        nodes=ordered, output=output, inputs=inputs, causal=causal, name=obj.get("name"), notes=obj.get("notes")
+    )
+
+
+def validate_attention(genome: AttentionGenome, max_nodes: int = MAX_NODES) -> AttentionGenome:
+    """The parser's rules applied to a genome value (no JSON round trip): the same genome
+    with its nodes in topological order, or GenomeError with the parser's messages."""
+    ordered, inputs = _check_attention(list(genome.nodes), genome.output, list(genome.inputs), max_nodes, [])
+    return replace(genome, nodes=ordered, inputs=inputs)
+
+
+def _check_attention(
+    nodes: list[NodeSpec], output: str | None, declared: list[str] | None, max_nodes: int, problems: list[str]
+) -> tuple[tuple[NodeSpec, ...], tuple[str, ...]]:
+    """The rules of an attention graph, for the parser and for values alike: inputs, ids,
+    ops and arity, references, then order and cycles, the node limit, shapes. Returns the
+    nodes in topological order and the inputs (declared, or else the referenced ones), or
+    raises GenomeError with `problems` (found by the caller) and every problem found here.
+    `output` and `declared` are None when the caller has already reported them bad."""
+    if declared is not None:
+        for name in declared:
+            if name not in INPUT_NAMES:
+                problems.append(f"'inputs': unknown input '{name}' (inputs are q, k, v)")
+        if len(set(declared)) != len(declared):
+            problems.append("'inputs': an input is listed twice")
 
     # -- names, ops, arity --
     seen: set[str] = set()
@@ -305,16 +329,15 @@ def parse_attention(obj, max_nodes: int = MAX_NODES) -> AttentionGenome:
         problems.append(f"'output': '{output}' is not a node id or input{_closest(output, seen)}")
     elif output in INPUT_NAMES and output not in allowed_inputs:
         problems.append(f"'output': input '{output}' is not listed in 'inputs'")
-
-    distinct = len({_subexpression(n, {m.id: m for m in nodes}) for n in nodes}) if "expr" in obj else len(nodes)
-    if distinct > max_nodes:
-        problems.append(f"the graph has {distinct} nodes, over the limit of {max_nodes}")
     if problems:
         raise GenomeError(problems)
 
     ordered = _topological(nodes, problems)
     if ordered is None:
         raise GenomeError(problems)
+    distinct = _distinct_nodes(ordered)
+    if distinct > max_nodes:
+        raise GenomeError(f"the graph has {distinct} nodes, over the limit of {max_nodes}")
 
     # -- shapes --
     shapes = {name: INPUT_SHAPE for name in INPUT_NAMES}
@@ -336,14 +359,19 @@ def parse_attention(obj, max_nodes: int = MAX_NODES) -> AttentionGenome:
     if declared is None:
         referenced = {a for n in nodes for a in n.args} | {output}
         declared = [name for name in INPUT_NAMES if name in referenced]
-    return AttentionGenome(
-        nodes=tuple(ordered),
-        output=output,
-        inputs=tuple(declared),
-        causal=causal,
-        name=obj.get("name"),
-        notes=obj.get("notes"),
-    )
+    return tuple(ordered), tuple(declared)
+
+
+def _distinct_nodes(ordered: list[NodeSpec]) -> int:
+    """How many different computations the nodes (operands first) hold: identical op and
+    operands count once, as CSE merges them, so an expression's shared sub-expressions
+    and a graph's shared nodes count alike."""
+    computation: dict[tuple, int] = {}  # (op, operand numbers) -> number
+    number: dict[str, int] = {}
+    for n in ordered:
+        key = (n.op, tuple(number.get(a, a) for a in n.args))
+        number[n.id] = computation.setdefault(key, len(computation))
+    return len(computation)
 
 
 def _subexpression(node: NodeSpec, by_id: dict[str, NodeSpec]) -> str:
@@ -417,21 +445,58 @@ def parse_model(obj, max_nodes: int = MAX_NODES) -> ModelGenome:
         elif kind == "conv":
             for key in sorted(set(layer) - {"type", "kernel_size", "variant"}):
                 problems.append(f"{label}: unknown key '{key}' (a conv layer has type, kernel_size, variant)")
-            size = layer.get("kernel_size")
-            limit = config["max_kernel_size"]
-            if not isinstance(size, int) or isinstance(size, bool) or size % 2 == 0 or not 1 <= size <= limit:
-                problems.append(f"{label}: bad conv kernel size {json.dumps(size)}: must be an odd integer in 1..{limit}")
-                continue
-            variant = layer.get("variant", "light")
-            if variant not in CONV_VARIANTS:
-                problems.append(f"{label}: unknown conv variant {json.dumps(variant)} (known: {', '.join(CONV_VARIANTS)})")
-                continue
-            layers.append(ConvLayer(size, variant))
+            conv = ConvLayer(layer.get("kernel_size"), layer.get("variant", "light"))
+            if _check_conv(label, conv, config["max_kernel_size"], problems):
+                layers.append(conv)
         else:
             problems.append(f"{label}: 'type' must be \"attention\" or \"conv\", got {json.dumps(kind)}")
     if problems:
         raise GenomeError(problems)
     return ModelGenome(layers=tuple(layers), config=config, name=obj.get("name"), notes=obj.get("notes"))
+
+
+def validate_model(genome: ModelGenome, max_nodes: int = MAX_NODES) -> ModelGenome:
+    """The parser's rules applied to a model genome value: the same genome (its graphs'
+    nodes in topological order), or GenomeError with the parser's messages."""
+    problems: list[str] = []
+    config = _check_config(genome.config, problems)
+    if not genome.layers:
+        problems.append("'layers' must be a non-empty array of layers")
+    layers = []
+    for index, layer in enumerate(genome.layers):
+        label = f"layers[{index}]"
+        if isinstance(layer, AttentionLayer):
+            try:
+                layers.append(AttentionLayer(validate_attention(layer.graph, max_nodes=max_nodes)))
+            except GenomeError as e:
+                problems.extend(f"{label}.graph: {p}" for p in e.problems)
+        elif isinstance(layer, ConvLayer):
+            if _check_conv(label, layer, config["max_kernel_size"], problems):
+                layers.append(layer)
+        else:
+            problems.append(f"{label}: a layer is an AttentionLayer or a ConvLayer, got {type(layer).__name__}")
+    if problems:
+        raise GenomeError(problems)
+    return replace(genome, layers=tuple(layers), config=config)
+
+
+def _check_conv(label: str, layer: ConvLayer, limit: int, problems: list[str]) -> bool:
+    size = layer.kernel_size
+    if not isinstance(size, int) or isinstance(size, bool) or size % 2 == 0 or not 1 <= size <= limit:
+        problems.append(f"{label}: bad conv kernel size {_dumps(size)}: must be an odd integer in 1..{limit}")
+        return False
+    if layer.variant not in CONV_VARIANTS:
+        problems.append(f"{label}: unknown conv variant {_dumps(layer.variant)} (known: {', '.join(CONV_VARIANTS)})")
+        return False
+    return True
+
+
+def _dumps(value) -> str:
+    """A value as JSON writes it (a value that JSON cannot hold, as Python writes it)."""
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
 
 
 # -- writing genomes -------------------------------------------------------------------

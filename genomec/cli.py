@@ -12,9 +12,9 @@ import argparse
 import os
 import sys
 
-from genomec.commands import bench, check, compile, ops, run, show, train
+from genomec.commands import bench, check, compile, ops, run, search, show, train
 
-COMMANDS = [check, show, compile, run, bench, ops, train]
+COMMANDS = [check, show, compile, run, bench, ops, train, search]
 
 
 class UsageError(ValueError):

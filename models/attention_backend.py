@@ -67,7 +67,7 @@ def attention_function(compiled: Compiled, backend: str, device: torch.device) -
     if why_not not in _auto_fallback_logged:
         _auto_fallback_logged.add(why_not)
         logger.info("attention backend 'auto' uses the reference executor: %s", why_not)
-    return _reference(compiled)
+    return _reference(compiled, why_not)
 
 
 def _compiled(module) -> AttentionFunction:
@@ -82,11 +82,15 @@ def _compiled(module) -> AttentionFunction:
         return module(q, k, v, mask=mask)
 
     run.module = module  # the runtime's module, for inspection (fused or fallback, and why)
+    run.backend = "triton" if getattr(module, "fused", True) else "reference"
+    run.reason = getattr(module, "reason", None)
     return run
 
 
-def _reference(compiled: Compiled) -> AttentionFunction:
+def _reference(compiled: Compiled, reason: str | None = "the reference backend was asked for") -> AttentionFunction:
     def run(q, k, v, mask=None):
         return execute(compiled.simplified, q, k, v, mask=mask)
 
+    run.backend = "reference"
+    run.reason = reason
     return run

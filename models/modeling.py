@@ -63,22 +63,37 @@ class GenomeBertEmbeddings(nn.Module):
 # -- token mixers: attention and light convolution -------------------------------------------------
 
 
-class GenomeAttention(nn.Module):
+class AttentionProjections(nn.Module):
+    """The parameters of an attention layer, apart from its graph (a graph adds none): the
+    projections of the inputs it reads and the output projection. The search's super-net
+    holds one with all of q, k, v per layer position."""
+
+    def __init__(self, config: GenomeBertConfig, inputs):
+        super().__init__()
+        self.projections = nn.ModuleDict({name: nn.Linear(config.hidden_size, config.hidden_size) for name in inputs})
+        self.output = nn.Linear(config.hidden_size, config.hidden_size)
+
+
+class GenomeAttention(AttentionProjections):
     """Projections for the inputs the graph reads, the graph per head, output projection."""
 
     def __init__(self, config: GenomeBertConfig, graph: AttentionGenome):
-        super().__init__()
-        self.compiled = lower(graph)
-        self.ir = self.compiled.simplified
+        compiled = lower(graph)
+        super().__init__(config, compiled.simplified.inputs)
+        self.compiled = compiled
+        self.ir = compiled.simplified
         self.num_heads = config.num_heads
         self.head_dim = config.hidden_size // config.num_heads
-        self.projections = nn.ModuleDict({name: nn.Linear(config.hidden_size, config.hidden_size) for name in self.ir.inputs})
-        self.output = nn.Linear(config.hidden_size, config.hidden_size)
         self.backend = config.attention_backend
         self._functions: dict[tuple[str, str], object] = {}  # (backend, device type) -> attention function
 
     def set_backend(self, backend: str) -> None:
         self.backend = backend
+
+    def runs_on(self) -> list[tuple[str, str | None]]:
+        """What ran this layer's graph so far: (backend, why not the fused kernels) per
+        device used, backend "triton" (fused kernels) or "reference"."""
+        return [(fn.backend, fn.reason) for fn in self._functions.values()]
 
     def forward(self, x: torch.Tensor, real: torch.Tensor | None) -> torch.Tensor:
         batch, length, hidden = x.shape
@@ -145,6 +160,19 @@ class GenomeBertLayer(nn.Module):
         return self.feed_forward_norm(x + self.dropout(self.feed_forward(x)))
 
 
+def init_bert_weights(module: nn.Module, std: float) -> None:
+    """BERT's initialisation of one module: N(0, std) weights, zero biases, unit norms."""
+    if isinstance(module, (nn.Linear, nn.Conv1d)):
+        init.normal_(module.weight, mean=0.0, std=std)
+        if module.bias is not None:
+            init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        init.normal_(module.weight, mean=0.0, std=std)
+    elif isinstance(module, nn.LayerNorm):
+        init.ones_(module.weight)
+        init.zeros_(module.bias)
+
+
 # -- Hugging Face models ---------------------------------------------------------------------------
 
 
@@ -154,17 +182,7 @@ class GenomeBertPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = False
 
     def _init_weights(self, module):
-        """BERT's initialisation: N(0, initializer_range) weights, zero biases, unit norms."""
-        std = self.config.initializer_range
-        if isinstance(module, (nn.Linear, nn.Conv1d)):
-            init.normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            init.normal_(module.weight, mean=0.0, std=std)
-        elif isinstance(module, nn.LayerNorm):
-            init.ones_(module.weight)
-            init.zeros_(module.bias)
+        init_bert_weights(module, self.config.initializer_range)
 
     def set_attention_backend(self, backend: str) -> None:
         """Force the attention backend of every attention layer ("auto", "reference", "triton")."""

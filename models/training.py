@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import shutil
 import sys
 import tempfile
@@ -24,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 from genomec.data import (
@@ -56,15 +58,37 @@ class TrainingDiverged(RuntimeError):
 # -- files ----------------------------------------------------------------------------------------
 
 
-def write_text_atomic(path: Path, text: str) -> None:
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_atomic(path: Path, content, durable: bool = False) -> None:
+    """Write `content` (text, bytes, or a function writing to a binary file) to a
+    temporary file beside `path`, then rename it into place: a reader never sees half a
+    file, and a failure leaves the old one. The file gets the permissions the umask gives
+    (not mkstemp's 0600). `durable`: fsync before the rename."""
+    path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            if callable(content):
+                content(f)
+            else:
+                f.write(content.encode() if isinstance(content, str) else content)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    write_atomic(path, text)
 
 
 class Checkpoints:
@@ -79,14 +103,7 @@ class Checkpoints:
 
     def save(self, step: int, state: dict) -> None:
         path = self.directory / f"checkpoint-{step:08d}.pt"
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=self.directory)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(state, f)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(path, lambda f: torch.save(state, f))
         for old in self.paths()[: -self.keep]:
             old.unlink(missing_ok=True)
 
@@ -134,6 +151,35 @@ def _log(message: str) -> None:
     print(f"genomec train: {message}", file=sys.stderr)
 
 
+# -- random state ---------------------------------------------------------------------------------
+
+
+def rng_state() -> dict:
+    """Every global random state a training run draws from: Python's, NumPy's, torch's CPU
+    generator and each CUDA device's. Plain lists and tensors, so it loads with
+    `torch.load(weights_only=True)`."""
+    version, internal, gauss = random.getstate()
+    numpy_state = np.random.get_state(legacy=False)
+    return {
+        "python": [version, list(internal), gauss],
+        "numpy": {**numpy_state, "state": {"key": numpy_state["state"]["key"].tolist(), "pos": numpy_state["state"]["pos"]}},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what `rng_state` saved (CUDA states only where devices are present)."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    numpy_state = dict(state["numpy"])
+    numpy_state["state"] = {"key": np.array(numpy_state["state"]["key"], dtype=np.uint64), "pos": numpy_state["state"]["pos"]}
+    np.random.set_state(numpy_state)
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 # -- the loop shared by both tasks ------------------------------------------------------------------
 
 
@@ -143,6 +189,17 @@ class LoopResult:
     tokens: int
     seconds: float  # time spent in training steps (batch building included)
     resumed_from: int | None
+    trained: frozenset[str] = frozenset()  # names of the parameters that received gradients
+
+
+def make_optimizer(model, learning_rate: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW as BERT trains: no weight decay on biases and norms (parameters of one axis)."""
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=learning_rate, betas=(0.9, 0.98), eps=1e-6,
+    )
 
 
 def train_loop(
@@ -152,35 +209,39 @@ def train_loop(
     learning_rate: float,
     warmup_steps: int,
     weight_decay: float,
-    checkpoints: Checkpoints,
+    checkpoints: Checkpoints | None,
     checkpoint_every: int,
     description: str,
     progress: bool = True,
     on_step: Callable[[int, float], None] | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
 ) -> LoopResult:
-    """AdamW with linear warmup and decay, gradient clipping at 1; resumes from `checkpoints`."""
+    """`steps` optimizer steps with linear warmup and decay, gradient clipping at 1.
+
+    The optimizer is AdamW (`make_optimizer`) unless one is given (the search hands in
+    one whose moments it inherited). With `checkpoints`, the run is checkpointed every
+    `checkpoint_every` steps (model, optimizer, schedule, every RNG state) and resumes
+    from the newest one; without, it runs through (a search checkpoints between candidates).
+    The result names the parameters that received gradients: what the run trained."""
     from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
 
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]  # biases and norms
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=learning_rate, betas=(0.9, 0.98), eps=1e-6,
-    )
+    optimizer = optimizer if optimizer is not None else make_optimizer(model, learning_rate, weight_decay)
     schedule = get_linear_schedule_with_warmup(optimizer, warmup_steps, steps)
 
     start, losses, tokens, seconds, resumed_from = 0, [], 0, 0.0, None
-    state = checkpoints.latest(_log)
+    state = checkpoints.latest(_log) if checkpoints is not None else None
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
-        torch.set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         start, losses, tokens, seconds = state["step"], state["losses"], state["tokens"], state["seconds"]
         resumed_from = start
         _log(f"resuming from the checkpoint at step {start}")
 
+    parameters = dict(model.named_parameters())
+    trained: set[str] = set()
     model.train()
     bar = tqdm(total=steps, initial=start, desc=description, file=sys.stderr, disable=not progress, dynamic_ncols=True)
     for step in range(start, steps):
@@ -190,6 +251,7 @@ def train_loop(
         if not torch.isfinite(loss):
             raise TrainingDiverged(f"the loss diverged ({loss.item()}) at step {step + 1}; try a lower --lr")
         loss.backward()
+        trained.update(name for name, p in parameters.items() if p.grad is not None)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
@@ -200,17 +262,17 @@ def train_loop(
         bar.update(1)
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
         done = step + 1
-        if done % checkpoint_every == 0 and done < steps:
+        if checkpoints is not None and done % checkpoint_every == 0 and done < steps:
             checkpoints.save(done, {
                 "step": done, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(), "rng": torch.get_rng_state(),
+                "schedule": schedule.state_dict(), "rng": rng_state(),
                 "losses": losses, "tokens": tokens, "seconds": seconds,
             })
         if on_step is not None:
             on_step(done, losses[-1])
     bar.close()
     model.eval()
-    return LoopResult(losses, tokens, seconds, resumed_from)
+    return LoopResult(losses, tokens, seconds, resumed_from, frozenset(trained))
 
 
 def _finish(out: Path, model, tokenizer, results: dict) -> None:
@@ -373,7 +435,7 @@ class GlueSettings:
     checkpoint_every: int = 200
 
 
-class _GlueBatches:
+class GlueBatches:
     """Tokenized examples; batch `step` is a pure function of (seed, step), padded to its longest row."""
 
     def __init__(self, examples, tokenizer, seq_len: int, batch_size: int, seed: int, regression: bool):
@@ -402,7 +464,7 @@ class _GlueBatches:
 
 
 @torch.no_grad()
-def evaluate_glue(model, task, batches: _GlueBatches) -> dict[str, float]:
+def evaluate_glue(model, task, batches: GlueBatches) -> dict[str, float]:
     model.eval()
     predictions, labels = [], []
     for batch in batches.in_order():
@@ -460,13 +522,13 @@ def train_glue(
         config.attention_backend = backend
     model = GenomeBertForSequenceClassification.from_pretrained(model_dir, config=config)
 
-    train_batches = _GlueBatches(train_examples, tokenizer, settings.seq_len, settings.batch_size, settings.seed, task.is_regression)
+    train_batches = GlueBatches(train_examples, tokenizer, settings.seq_len, settings.batch_size, settings.seed, task.is_regression)
     loop = train_loop(
         model, train_batches, steps, settings.learning_rate, round(settings.warmup_fraction * steps),
         settings.weight_decay, Checkpoints(out / CHECKPOINTS), settings.checkpoint_every, task.name, progress, on_step,
     )
     metrics = {
-        name: evaluate_glue(model, task, _GlueBatches(examples, tokenizer, settings.seq_len, 64, 0, task.is_regression))
+        name: evaluate_glue(model, task, GlueBatches(examples, tokenizer, settings.seq_len, 64, 0, task.is_regression))
         for name, examples in dev_examples.items()
     }
     first_set = task.dev_files[0][0]
