@@ -19,6 +19,7 @@ from typing import Any
 
 from genomec.genome import OPS
 
+from .mutations import seed_genomes
 from .space import DEFAULT_OPS, SearchSpace
 
 if sys.version_info >= (3, 11):
@@ -58,7 +59,7 @@ class SearchConfig:
     batch_size: int = 16
     vocab_size: int = 2048  # of the WordPiece tokenizer the run trains
     eval_blocks: int = 64  # held-out MLM blocks scored per candidate
-    steps: int = 40  # training steps per candidate
+    steps: int = 100  # training steps per candidate
     learning_rate: float = 1e-3
     warmup_fraction: float = 0.1
     weight_decay: float = 0.01
@@ -252,6 +253,10 @@ def _check(c: SearchConfig, source: str) -> None:
         bad("max_params", f"must be positive, got {c.max_params}")
     if c.max_attention_ms is not None and c.max_attention_ms <= 0:
         bad("max_attention_ms", f"must be positive, got {c.max_attention_ms}")
+    try:
+        seed_genomes(c.seeds, c.space)
+    except ValueError as e:
+        bad("seeds", f"cannot seed this space: {e}")
     if c.proxy == "glue":
         if not c.glue_task or not c.glue_data:
             bad("proxy", "is glue: set 'glue_task' and 'glue_data' (a local GLUE directory)")

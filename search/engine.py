@@ -33,7 +33,7 @@ from .config import SearchConfig
 from .cost import measure_attention_ms, model_cost
 from .evaluate import Evaluation, Evaluator, failure_reason, make_proxy, model_config, save_candidate
 from .filters import probe
-from .mutations import mutate, random_model_genome, seed_genomes
+from .mutations import MutationError, mutate, random_model_genome, seed_genomes
 from .plots import plot_fitness, plot_op_priorities
 from .priority import OpStats, PrioritySampler, UniformSampler
 from .rundir import BEST, OP_STATS, POPULATION, RunDirectory, RunError
@@ -129,8 +129,12 @@ class Proposer:
         if c.strategy != "random" and len(state.population) >= c.population_size:
             contestants = rng.sample(state.population, c.tournament_size)
             parent = max(contestants, key=lambda i: (state.fitness(i), -i))
-            child, change = mutate(parse_genome(state.records[parent]["genome"]), rng, self.sampler, self.space)
-            return child, parent, change
+            try:
+                child, change = mutate(parse_genome(state.records[parent]["genome"]), rng, self.sampler, self.space)
+                return child, parent, change
+            except MutationError:  # no valid child differs from this parent: a random genome instead
+                return random_model_genome(rng, self.space, self.sampler), None, {
+                    "type": "random", "ops_chosen": [], "why": f"candidate {parent} has no valid mutation"}
         if c.strategy != "random" and state.seeds_proposed < len(self.seeds):
             name = c.seeds[state.seeds_proposed]
             return self.seeds[state.seeds_proposed], None, {"type": "seed", "name": name, "ops_chosen": []}

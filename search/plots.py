@@ -9,13 +9,13 @@ renamed over the target, so a reader never sees half a PNG.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from genomec.models.training import write_atomic
 
 STATUS_STYLES = {  # status -> (colour, marker)
     "ok": ("tab:blue", "o"),
@@ -43,15 +43,7 @@ def _note(axes, text: str) -> None:
 
 
 def _save_atomic(figure: Figure, path) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp.png", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            figure.savefig(f, format="png", bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(Path(path), lambda f: figure.savefig(f, format="png", bbox_inches="tight"))
 
 
 def plot_fitness(records: list[dict], path) -> None:

@@ -455,3 +455,53 @@ def test_bad_flags_and_corpus_exit_2(tmp_path, capsys):
     assert main(["search", str(config_file), "--out", str(tmp_path / "b"), "--no-progress"]) == 2
     assert "empty" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
+
+
+def test_glue_proxy_search_scores_by_the_task_metric(tmp_path):
+    """SST-2 from a local directory: a separable toy task (sentences with "good" are
+    positive), fitness is dev accuracy, and the super-net holds a classification head."""
+    rng = random.Random(0)
+    root = tmp_path / "glue" / "SST-2"
+    root.mkdir(parents=True)
+
+    def rows(count):
+        lines = ["sentence\tlabel"]
+        for _ in range(count):
+            label = rng.randint(0, 1)
+            words = [rng.choice(WORDS) for _ in range(6)] + ["good" if label else "bad"]
+            rng.shuffle(words)
+            lines.append(" ".join(words) + f"\t{label}")
+        return "\n".join(lines) + "\n"
+
+    (root / "train.tsv").write_text(rows(96))
+    (root / "dev.tsv").write_text(rows(32))
+    config = build_config("tiny", {
+        "proxy": "glue", "glue_task": "sst2", "glue_data": str(tmp_path / "glue"), "num_layers": 2, "hidden_size": 16,
+        "num_heads": 2, "intermediate_size": 32, "kernel_sizes": [3, 5], "seq_len": 16, "batch_size": 8,
+        "vocab_size": 80, "steps": 4, "evaluations": 3, "population_size": 2, "tournament_size": 1,
+    })
+    search = Search(config, tmp_path / "out", progress=False, log=lambda m: None)
+    summary = search.run()
+    records = RunDirectory(tmp_path / "out").read_history()
+    assert summary["evaluations"] == 3 and summary["trained"] >= 1
+    assert hasattr(search.supernet, "classifier") and not hasattr(search.supernet, "lm_head")
+    for r in records:
+        if r["status"] == "ok":
+            assert r["fitness"] in {i / 32 for i in range(33)}  # an accuracy over the 32 dev rows
+            assert r["loss"] is None
+
+
+def test_search_benchmark_runs_at_toy_size(tmp_path):
+    corpus = write_corpus(tmp_path / "corpus.txt")
+    config_file = tmp_path / "toy.json"
+    config_file.write_text(json.dumps(toy_settings(corpus, evaluations=4)))
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "search.py"
+    done = subprocess.run([sys.executable, str(script), "--config", str(config_file), "--results", str(tmp_path / "results")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    result = json.loads((tmp_path / "results" / "search-tiny.json").read_text())
+    assert result["evaluations"] == 4 and result["candidates_per_hour"] > 0
+    assert set(result["time_split_seconds"]) == {"probe", "inherit", "train", "score", "write_back", "checkpoint"}
+    assert 0 <= result["share_outside_training"] <= 1
+    assert "candidates per hour" in (tmp_path / "results" / "search-tiny.md").read_text()

@@ -43,7 +43,7 @@ def handle(args) -> int:
     from genomec.commands.train import _quiet_libraries
     from genomec.search.engine import Search
 
-    _quiet_libraries()
+    _quiet_libraries("search")
     try:
         summary = Search(config, args.out, progress=not args.no_progress).run()
     except (ConfigError, DataError, RunError) as e:

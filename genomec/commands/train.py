@@ -59,7 +59,7 @@ def _common(p) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="tracebacks on failure")
 
 
-def _quiet_libraries() -> None:
+def _quiet_libraries(command: str = "train") -> None:
     """Our progress bar and messages only; the attention backend's choice is shown."""
     import transformers
 
@@ -68,7 +68,7 @@ def _quiet_libraries() -> None:
     backend_log = logging.getLogger("genomec.models")
     if not backend_log.handlers:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("genomec train: %(message)s"))
+        handler.setFormatter(logging.Formatter(f"genomec {command}: %(message)s"))
         backend_log.addHandler(handler)
         backend_log.setLevel(logging.INFO)
 
