@@ -27,17 +27,18 @@ from pathlib import Path
 import torch
 
 from genomec.genome import ModelGenome, genome_to_json, parse_genome
-from genomec.models.training import rng_state, set_rng_state
+from genomec.models.training import rng_state, set_rng_state, write_atomic
 
 from .config import SearchConfig
 from .cost import measure_attention_ms, model_cost
-from .evaluate import Evaluation, Evaluator, failure_reason, make_proxy, model_config, save_candidate
+from .evaluate import Evaluation, Evaluator, failure_reason, make_proxy, model_config
 from .filters import probe
 from .mutations import MutationError, mutate, random_model_genome, seed_genomes
 from .plots import plot_fitness, plot_op_priorities
 from .priority import OpStats, PrioritySampler, UniformSampler
 from .rundir import BEST, OP_STATS, POPULATION, RunDirectory, RunError
-from .supernet import OptimizerMoments, SuperNet
+from .supernet import OptimizerMoments, SuperNet, average_into
+from .distributed import World
 
 PLOT_EVERY = 10  # evaluations between plot refreshes (and at the end)
 STAGES = ("probe", "inherit", "train", "score", "write_back", "checkpoint")
@@ -118,6 +119,7 @@ class Proposer:
         self.config = config
         self.space = config.space
         self.seeds = seed_genomes(config.seeds, self.space)
+        self.seeds_proposed = state.seeds_proposed  # counts the children of the generation in flight too
         if config.strategy == "op":
             self.sampler = PrioritySampler(state.stats, config.draw, config.temperature)
         else:
@@ -135,9 +137,10 @@ class Proposer:
             except MutationError:  # no valid child differs from this parent: a random genome instead
                 return random_model_genome(rng, self.space, self.sampler), None, {
                     "type": "random", "ops_chosen": [], "why": f"candidate {parent} has no valid mutation"}
-        if c.strategy != "random" and state.seeds_proposed < len(self.seeds):
-            name = c.seeds[state.seeds_proposed]
-            return self.seeds[state.seeds_proposed], None, {"type": "seed", "name": name, "ops_chosen": []}
+        if c.strategy != "random" and self.seeds_proposed < len(self.seeds):
+            self.seeds_proposed += 1
+            name = c.seeds[self.seeds_proposed - 1]
+            return self.seeds[self.seeds_proposed - 1], None, {"type": "seed", "name": name, "ops_chosen": []}
         return random_model_genome(rng, self.space, self.sampler), None, {"type": "random", "ops_chosen": []}
 
 
@@ -148,118 +151,141 @@ def _log(message: str) -> None:
     print(f"genomec search: {message}", file=sys.stderr)
 
 
-def _device(config: SearchConfig) -> torch.device:
-    if config.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(config.device)
-
-
 class Search:
-    """A search over one run directory: `Search(config, out).run()`."""
+    """A search over one run directory: `Search(config, out).run()`.
 
-    def __init__(self, config: SearchConfig, out: str | Path, progress: bool = True, log=_log):
+    Each generation holds one child per process (one in a plain run, W under torchrun):
+    rank 0 proposes and screens them (probe, cost, dedupe), every rank trains the child
+    given to it, the super-net takes the average of what they trained, and rank 0 alone
+    records the generation and checkpoints it."""
+
+    def __init__(self, config: SearchConfig, out: str | Path, progress: bool = True, log=_log, world: World | None = None):
         self.config = config
         self.run_dir = RunDirectory(out)
-        self.progress = progress
-        self.log = log
+        self.world = world or World()
+        self.progress = progress and self.world.is_main
+        self.log = log if self.world.is_main else (lambda message: None)
         self.totals = Counter()  # seconds per stage, this session
         self.session_evaluations = 0
-        self._candidate_model = None  # the model just trained, until its weights are kept or dropped
 
     # -- setting up or resuming ----------------------------------------------------------------
 
     def _prepare(self):
-        c = self.config
-        self.device = _device(c)
-        resuming = self.run_dir.open(c.identity(), c.evaluations)
-        try:
+        c, world = self.config, self.world
+        self.device = world.device(c.device)
+        identity = {**c.identity(), "processes": world.size}
+        checkpoint, records, error = None, [], None
+        if world.is_main:
+            try:
+                checkpoint, records = self._open(identity)
+            except Exception as e:  # bad settings or data: every rank stops with it
+                error = e
+        failure = world.broadcast((type(error).__name__, str(error)) if error is not None else None)
+        if error is not None:
+            raise error
+        if failure is not None:
+            raise RunError(f"rank 0 stopped: {failure[0]}: {failure[1]}")
+        if not world.is_main:  # the run's data is on disk now (RUN on a file system every node sees)
             self.proxy = make_proxy(c, self.run_dir.data_dir, self.log)
-        except BaseException:
-            if not resuming:  # bad data: leave no half-made run behind
-                shutil.rmtree(self.run_dir.path, ignore_errors=True)
-            raise
+
         self.rng = random.Random(c.seed)
-        if not resuming:
-            random.seed(c.seed)
-            torch.manual_seed(c.seed)
+        random.seed(c.seed + world.rank)
+        torch.manual_seed(c.seed + 1_000_003 * world.rank)
         self.supernet = self.moments = None
         if c.sharing:
             shape = seed_genomes(("standard",), c.space)[0]
             self.supernet = SuperNet(model_config(shape, c, self.proxy), c.num_layers, self.proxy.head).to(self.device)
             if c.optimizer_state == "inherit":
                 self.moments = OptimizerMoments(self.supernet)
+        if world.is_main and checkpoint is not None:
+            records = self._restore(checkpoint, records)
+        if world.distributed:
+            self._share_checkpoint(checkpoint)
+        if world.is_main:
+            self.state = replay(records, c)
+            self.proposer = Proposer(c, self.state)
+            if records:
+                self.log(f"resuming {self.run_dir.path} after {len(records)} evaluations")
+        self.evaluator = Evaluator(c, self.proxy, self.supernet, self.moments, self.device)
+
+    def _open(self, identity: dict) -> tuple[dict | None, list[dict]]:
+        """Rank 0: the run directory opened (or refused), the proxy's data ready, and what
+        a resumed run left: (checkpoint, records)."""
+        resuming = self.run_dir.open(identity, self.config.evaluations)
+        try:
+            self.proxy = make_proxy(self.config, self.run_dir.data_dir, self.log)
+        except BaseException:
+            if not resuming:  # bad data: leave no half-made run behind
+                shutil.rmtree(self.run_dir.path, ignore_errors=True)
+            raise
         records = self.run_dir.read_history()
         checkpoint = self.run_dir.load_checkpoint()
         if checkpoint is None and records:
             raise RunError(f"{self.run_dir.path}: the history has {len(records)} records but there is no checkpoint")
-        if checkpoint is not None:
-            records = self._restore(checkpoint, records)
-        self.state = replay(records, c)
-        self.proposer = Proposer(c, self.state)
-        self.evaluator = Evaluator(c, self.proxy, self.supernet, self.moments, self.device)
-        if records:
-            self.log(f"resuming {self.run_dir.path} after {len(records)} evaluations")
+        return checkpoint, records
 
     def _restore(self, checkpoint: dict, records: list[dict]) -> list[dict]:
-        done = checkpoint["records_done"]
-        if len(records) == done - 1:  # killed after the commit, before the history append
-            self.run_dir.append(checkpoint["pending"])
-            records.append(checkpoint["pending"])
+        """Rank 0: the history made whole (a committed generation appended), the super-net
+        and the RNGs as the checkpoint left them."""
+        done, pending = checkpoint["records_done"], checkpoint["pending"]
+        if len(records) == done - len(pending) and [r["index"] for r in pending] == list(range(len(records), done)):
+            for record in pending:  # killed after the commit, before (all of) the appends
+                self.run_dir.append(record)
+                records.append(record)
         elif len(records) != done:
             raise RunError(f"{self.run_dir.path}: the checkpoint holds {done} evaluations, the history {len(records)}")
+        self._load_state(checkpoint, rank=0)
+        version, internal, gauss = checkpoint["search_rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+        return records
+
+    def _load_state(self, checkpoint: dict, rank: int) -> None:
         if self.supernet is not None:
             self.supernet.load_state_dict(checkpoint["supernet"])
         if self.moments is not None:
             self.moments.load_state_dict(checkpoint["moments"])
-        version, internal, gauss = checkpoint["search_rng"]
-        self.rng.setstate((version, tuple(internal), gauss))
-        set_rng_state(checkpoint["rng"])
-        return records
+        set_rng_state(checkpoint["rng"][rank])
 
-    # -- one evaluation ----------------------------------------------------------------------------
+    def _share_checkpoint(self, checkpoint: dict | None) -> None:
+        """Every rank starts from rank 0's super-net (and, resuming, its own saved RNGs)."""
+        resumed = self.world.broadcast(checkpoint is not None if self.world.is_main else None)
+        if resumed:
+            state = self.world.broadcast(checkpoint if self.world.is_main else None)
+            if not self.world.is_main:
+                self._load_state(state, self.world.rank)
+        elif self.supernet is not None:
+            state = self.world.broadcast(self.supernet.state_dict() if self.world.is_main else None)
+            self.supernet.load_state_dict(state)
 
-    def _evaluate(self, child: ModelGenome, parent, change: dict) -> dict:
+    # -- screening a child: probe, cost, dedupe (rank 0) -----------------------------------------
+
+    def _screen(self, child: ModelGenome, parent, change: dict, index: int, in_flight: dict) -> dict:
+        """The record of a child before training: rejected, duplicate, or to be trained
+        (status None). `in_flight`: hash -> index of the generation's children to train."""
         c, state = self.config, self.state
-        seconds = {}
         began = time.perf_counter()
         probed = probe(child, c.head_dim)
         cost = model_cost(child, c.batch_size, c.seq_len, c.num_heads, c.head_dim,
                           self.proxy.config_overrides["vocab_size"], c.seq_len)
         if self.device.type == "cuda" and not probed.rejected:
             cost["attention_ms"] = self._attention_ms(child)
-        seconds["probe"] = time.perf_counter() - began
-
         record = {
-            "index": len(state.records), "strategy": c.strategy, "parent": parent, "mutation": change,
+            "index": index, "strategy": c.strategy, "parent": parent, "mutation": change,
             "ops_chosen": change.get("ops_chosen", []), "genome": genome_to_json(child),
             "hash": probed.structural_hash, "functional_hash": probed.functional_hash,
             "status": None, "reason": None, "fitness": None, "loss": None, "params": cost["params"], "cost": cost,
             "backend": None, "backend_notes": [], "duplicate_of": None,
+            "time_split": {"probe": time.perf_counter() - began},
         }
         over = self._over_bound(cost)
-        earlier = state.trained_by_hash.get(probed.structural_hash, state.trained_by_hash.get(probed.functional_hash))
+        known = {**in_flight, **state.trained_by_hash}
+        earlier = known.get(probed.structural_hash, known.get(probed.functional_hash))
         if probed.rejected or over:
             record.update(status="rejected", reason=probed.reason or over)
         elif earlier is not None:
-            original = state.records[earlier]
-            record.update(status="duplicate", reason=f"computes the same function as candidate {earlier}",
-                          fitness=original["fitness"], loss=original["loss"], duplicate_of=earlier)
+            record.update(status="duplicate", reason=f"computes the same function as candidate {earlier}", duplicate_of=earlier)
         else:
-            first_batch = state.batches_used if c.sharing else 0
-            try:
-                result = self.evaluator.evaluate(child, first_batch)
-            except (KeyboardInterrupt, SystemExit):
-                raise
-            except BaseException as e:  # diverged, kernel build or launch error, out of memory, ...
-                result = Evaluation("failed", failure_reason(e))
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
-            record.update(status=result.status, reason=result.reason, fitness=result.fitness, loss=result.loss,
-                          backend=result.backend if result.status == "ok" else None, backend_notes=result.backend_notes)
-            seconds.update(result.seconds)
-            self._candidate_model = result.model
-        record["time_split"] = {k: round(v, 4) for k, v in seconds.items()}
-        record["seconds"] = round(sum(seconds.values()), 4)
+            in_flight[probed.structural_hash] = in_flight[probed.functional_hash] = index
         return record
 
     def _attention_ms(self, child: ModelGenome) -> float | None:
@@ -283,28 +309,110 @@ class Search:
             return f"attention takes {ms:.3f} ms, over max_attention_ms {c.max_attention_ms}"
         return None
 
-    # -- committing ---------------------------------------------------------------------------------
+    # -- one generation ----------------------------------------------------------------------------
 
-    def _commit(self, record: dict) -> None:
-        """Fold the record in, keep top-k weights, checkpoint (the commit point), append."""
+    def _plan(self) -> list[dict]:
+        """Rank 0: the generation's records, screened; child i is trained by rank i."""
         state = self.state
-        state.add(record)
+        count = min(self.world.size, self.config.evaluations - len(state.records))
+        records, in_flight = [], {}
+        for offset in range(count):
+            child, parent, change = self.proposer.propose(state, self.rng)
+            records.append(self._screen(child, parent, change, len(state.records) + offset, in_flight))
+        first_batch = state.batches_used if self.config.sharing else 0
+        for slot, record in enumerate(records):
+            record["first_batch"] = first_batch + slot * self.config.steps if self.config.sharing else 0
+        return records
+
+    def _train(self, record: dict | None) -> Evaluation | None:
+        """This rank's child, trained and scored (None: nothing to train)."""
+        if record is None or record["status"] is not None:
+            return None
+        try:
+            return self.evaluator.evaluate(parse_genome(record["genome"]), record["first_batch"])
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as e:  # diverged, kernel build or launch error, out of memory, ...
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            return Evaluation("failed", failure_reason(e))
+
+    def _merge(self, result: Evaluation | None) -> float:
+        """The super-net takes every element's average over the ranks whose child trained
+        it (failed children contribute nothing). Returns the seconds it took."""
+        began = time.perf_counter()
+        ok = result is not None and result.status == "ok"
+        if self.supernet is not None:
+            write_back_sum = self.world.all_reduce_sum
+            average_into(dict(self.supernet.named_parameters()), result.weights if ok else [], write_back_sum)
+            if self.moments is not None:
+                self.moments.write_back(result.moments if ok else {k: [] for k in OptimizerMoments.KINDS}, write_back_sum)
+        return time.perf_counter() - began
+
+    def _generation(self) -> list[dict]:
+        world = self.world
+        records = world.broadcast(self._plan() if world.is_main else None)
+        mine = records[world.rank] if world.rank < len(records) else None
+        result = self._train(mine)
+        merge_seconds = self._merge(result)
+        summaries = world.gather(None if result is None else result.summary())
+        kept = self._top_weights(records, summaries, result)
+        rngs = world.gather(rng_state())
+        if world.is_main:
+            self._commit(records, summaries, merge_seconds, kept, rngs)
+        return records
+
+    def _top_weights(self, records, summaries, result) -> dict:
+        """Rank 0: the trained weights of the generation's children that enter the top-k."""
+        if self.world.is_main:
+            fitness = {r["index"]: s["fitness"] for r, s in zip(records, summaries) if s and s["status"] == "ok"}
+            scored = [(-f, i) for i, f in fitness.items()] + [(-r["fitness"], r["index"]) for r in self.state.records if r["status"] == "ok"]
+            top = {i for _, i in sorted(scored)[: self.config.top_k]}
+            wanted = [r["index"] in top and r["index"] in fitness for r in records]
+        else:
+            wanted = None
+        wanted = self.world.broadcast(wanted)
+        mine = self.world.rank < len(wanted) and wanted[self.world.rank]
+        weights = self.world.gather({k: v.cpu() for k, v in result.model.state_dict().items()} if mine else None)
+        return {records[rank]["index"]: w for rank, w in enumerate(weights) if w is not None}
+
+    # -- committing (rank 0) --------------------------------------------------------------------------
+
+    def _commit(self, records, summaries, merge_seconds, kept, rngs) -> None:
+        """Fold the generation in, keep top-k weights, checkpoint (the commit point), append."""
+        state = self.state
+        for record, summary in zip(records, summaries):
+            record.pop("first_batch")
+            if summary is not None:
+                split = {**record["time_split"], **summary.pop("seconds"), "write_back": merge_seconds}
+                record.update(summary, time_split=split)
+                if record["status"] != "ok":
+                    record["backend"] = None
+        for record in records:  # duplicates of a child of this same generation take its fitness now
+            if record["status"] == "duplicate":
+                original = next((r for r in records if r["index"] == record["duplicate_of"]), None) or state.records[record["duplicate_of"]]
+                record.update(fitness=original["fitness"], loss=original["loss"])
+            record["time_split"] = {k: round(v, 4) for k, v in record["time_split"].items()}
+            record["seconds"] = round(sum(record["time_split"].values()), 4)
+            state.add(record)
         top = state.top(self.config.top_k)
         self.run_dir.top_dir.mkdir(exist_ok=True)
-        if record["status"] == "ok" and record["index"] in top:
-            save_candidate(self._candidate_model, self.run_dir.top_dir / f"{record['index']}.pt")
-        self._candidate_model = None
+        for index, weights in kept.items():
+            write_atomic(self.run_dir.top_dir / f"{index}.pt", lambda f, w=weights: torch.save(w, f))
         began = time.perf_counter()
         self.run_dir.save_checkpoint({
             "records_done": len(state.records),
-            "pending": record,
+            "pending": records,
             "supernet": self.supernet.state_dict() if self.supernet is not None else None,
             "moments": self.moments.state_dict() if self.moments is not None else None,
             "search_rng": [self.rng.getstate()[0], list(self.rng.getstate()[1]), self.rng.getstate()[2]],
-            "rng": rng_state(),
+            "rng": rngs,
         })
         self.totals["checkpoint"] += time.perf_counter() - began
-        self.run_dir.append(record)
+        for record in records:
+            self.run_dir.append(record)
+            for stage, seconds in record["time_split"].items():
+                self.totals[stage] += seconds
         for path in self.run_dir.top_dir.glob("*.pt"):
             if int(path.stem) not in top:
                 path.unlink(missing_ok=True)
@@ -320,7 +428,7 @@ class Search:
         if best is not None:
             self.run_dir.write_json(BEST, {"index": best["index"], "fitness": best["fitness"], "loss": best["loss"],
                                            "params": best["params"], "genome": best["genome"]})
-        if final or len(state.records) % PLOT_EVERY == 0:
+        if final or len(state.records) % PLOT_EVERY < self.world.size:
             plot_fitness(state.records, self.run_dir.path / "fitness.png")
             plot_op_priorities(state.ucb_series, self.run_dir.path / "op_priority.png")
 
@@ -330,22 +438,23 @@ class Search:
         from tqdm.auto import tqdm
 
         self._prepare()
-        c, state = self.config, self.state
+        c, world = self.config, self.world
         started = time.perf_counter()
-        bar = tqdm(total=c.evaluations, initial=len(state.records), desc="search", unit="eval",
+        done = world.broadcast(len(self.state.records) if world.is_main else None)
+        bar = tqdm(total=c.evaluations, initial=done, desc="search", unit="eval",
                    file=sys.stderr, disable=not self.progress, dynamic_ncols=True)
-        while len(state.records) < c.evaluations:
-            child, parent, change = self.proposer.propose(state, self.rng)
-            record = self._evaluate(child, parent, change)
-            self._commit(record)
-            for stage, seconds in record["time_split"].items():
-                self.totals[stage] += seconds
-            self.session_evaluations += 1
-            bar.update(1)
-            bar.set_postfix_str(self._postfix(time.perf_counter() - started))
+        while done < c.evaluations:
+            records = self._generation()
+            done += len(records)
+            self.session_evaluations += len(records)
+            if world.is_main:
+                bar.update(len(records))
+                bar.set_postfix_str(self._postfix(time.perf_counter() - started))
         bar.close()
-        self._write_caches(final=True)
-        return self.summary(time.perf_counter() - started)
+        if world.is_main:
+            self._write_caches(final=True)
+        world.barrier()
+        return self.summary(time.perf_counter() - started) if world.is_main else {}
 
     def _postfix(self, wall: float) -> str:
         counts = self.state.counts()
@@ -368,11 +477,7 @@ class Search:
             "best_fitness": best["fitness"] if best else None,
             "wall_seconds": round(wall, 3),
             "session_evaluations": self.session_evaluations,
+            "processes": self.world.size,
             "time_split": {stage: round(self.totals[stage], 3) for stage in STAGES},
             "out": str(self.run_dir.path),
         }
-
-
-def run_search(config: SearchConfig, out: str | Path, progress: bool = True) -> dict:
-    return Search(config, out, progress).run()
-

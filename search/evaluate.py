@@ -51,7 +51,7 @@ from genomec.models.training import (
 )
 
 from .config import SearchConfig
-from .supernet import OptimizerMoments, SuperNet, inherit, shared_slices, write_back
+from .supernet import OptimizerMoments, SuperNet, inherit, shared_slices, weight_contributions
 
 EVAL_MASK_SEED = 12345  # the held-out blocks are masked once, with this seed
 
@@ -175,16 +175,23 @@ def make_proxy(config: SearchConfig, data_dir: Path, log=print):
 
 @dataclass
 class Evaluation:
-    """The outcome of training and scoring one candidate."""
+    """The outcome of training and scoring one candidate (on one rank)."""
 
     status: str  # "ok" or "failed"
     reason: str | None = None
     fitness: float | None = None
     loss: float | None = None
-    backend: str = "reference"  # "triton" (every attention layer fused), "reference", or "mixed"
+    backend: str | None = None  # "triton" (every attention layer fused), "reference", "mixed", "none"
     backend_notes: list[str] = field(default_factory=list)  # per attention layer not fused: why
-    seconds: dict[str, float] = field(default_factory=dict)  # inherit, train, score, write_back
+    seconds: dict[str, float] = field(default_factory=dict)  # inherit, train, score
     model: torch.nn.Module | None = None  # the trained candidate (ok only)
+    weights: list = field(default_factory=list)  # its write-back contributions (supernet.weight_contributions)
+    moments: dict | None = None  # and its optimizer moments' (inherit policy)
+
+    def summary(self) -> dict:
+        """What a rank sends to rank 0 (no tensors)."""
+        return {"status": self.status, "reason": self.reason, "fitness": self.fitness, "loss": self.loss,
+                "backend": self.backend, "backend_notes": self.backend_notes, "seconds": self.seconds}
 
 
 def model_config(genome: ModelGenome, config: SearchConfig, proxy, backend: str = "auto") -> GenomeBertConfig:
@@ -223,8 +230,9 @@ class Evaluator:
         return self.proxy.model_class(model_config(genome, self.config, self.proxy)).to(self.device)
 
     def evaluate(self, genome: ModelGenome, first_batch: int) -> Evaluation:
-        """Inherit, train `steps` steps on batches from `first_batch` on, score, write back.
-        A failure (diverged loss, kernel error, out of memory) leaves the super-net as it was."""
+        """Inherit, train `steps` steps on batches from `first_batch` on, and score. The
+        result carries what the candidate would write back; the super-net is not touched
+        here (the engine merges a generation's write-backs, or none for a failure)."""
         c = self.config
         seconds = {}
         began = time.perf_counter()
@@ -251,14 +259,12 @@ class Evaluator:
         backend, notes = _backend_summary(model)
         if not math.isfinite(fitness) or (not math.isnan(loss) and not math.isfinite(loss)):
             raise TrainingDiverged(f"the held-out score is not finite (fitness {fitness}, loss {loss})")
-
-        began = time.perf_counter()
+        result = Evaluation("ok", None, fitness, None if math.isnan(loss) else loss, backend, notes, seconds, model)
         if self.supernet is not None:
-            written = write_back(self.supernet, model, slices, loop.trained)
+            result.weights = weight_contributions(model, slices, loop.trained)
             if self.moments is not None:
-                self.moments.write_back(optimizer, model, written)
-        seconds["write_back"] = time.perf_counter() - began
-        return Evaluation("ok", None, fitness, None if math.isnan(loss) else loss, backend, notes, seconds, model)
+                result.moments = self.moments.contributions(optimizer, model, slices, loop.trained)
+        return result
 
 
 def _to(batch: dict, device: torch.device) -> dict:

@@ -116,57 +116,98 @@ def inherit(supernet: SuperNet, candidate: nn.Module, slices: list[SharedSlice])
         own[s.candidate].copy_(s.of_supernet(shared[s.supernet]))
 
 
+Contribution = tuple[str, "slice | None", torch.Tensor]  # (super-net name, taps, the candidate's values)
+
+
 @torch.no_grad()
-def write_back(supernet: SuperNet, candidate: nn.Module, slices: list[SharedSlice], trained) -> list[SharedSlice]:
-    """Copy the candidate's trained weights (parameters named in `trained`) back into the
-    super-net, only into the slices they view. Returns the slices written."""
-    shared = dict(supernet.named_parameters())
+def average_into(targets: dict[str, torch.Tensor], contributions: list[Contribution], all_reduce=lambda t: t) -> None:
+    """Set every element of `targets` that some contribution covers to the mean of the
+    values contributed to it; other elements keep theirs. `all_reduce` sums a tensor over
+    the processes of a distributed search (the identity in one process), so each element
+    is averaged over the ranks whose child trained it, and overlapping conv centre slices
+    are averaged per element. With one contribution per element this is a plain copy."""
+    names = list(targets)
+    reference = targets[names[0]]
+    total = torch.zeros(sum(targets[n].numel() for n in names), dtype=torch.float32, device=reference.device)
+    count = torch.zeros_like(total)
+    views, offset = {}, 0
+    for name in names:
+        size = targets[name].numel()
+        views[name] = (total[offset : offset + size].view(targets[name].shape), count[offset : offset + size].view(targets[name].shape))
+        offset += size
+    for name, taps, value in contributions:
+        summed, counted = views[name]
+        (summed if taps is None else summed[..., taps]).add_(value.to(total.device, torch.float32))
+        (counted if taps is None else counted[..., taps]).add_(1.0)
+    all_reduce(total)
+    all_reduce(count)
+    for name in names:
+        summed, counted = views[name]
+        covered = counted > 0
+        targets[name][covered] = (summed[covered] / counted[covered]).to(targets[name].dtype)
+
+
+def weight_contributions(candidate: nn.Module, slices: list[SharedSlice], trained) -> list[Contribution]:
+    """What a candidate writes back: its trained parameters (named in `trained`), each into
+    the super-net slice it views."""
     own = dict(candidate.named_parameters())
-    written = [s for s in slices if s.candidate in trained]
-    for s in written:
-        s.of_supernet(shared[s.supernet]).copy_(own[s.candidate])
-    return written
+    return [(s.supernet, s.taps, own[s.candidate].detach()) for s in slices if s.candidate in trained]
+
+
+@torch.no_grad()
+def write_back(supernet: SuperNet, candidate: nn.Module, slices: list[SharedSlice], trained, all_reduce=lambda t: t) -> None:
+    """Copy the candidate's trained weights (parameters named in `trained`) back into the
+    super-net, only into the slices they view (averaged over ranks: `average_into`)."""
+    average_into(dict(supernet.named_parameters()), weight_contributions(candidate, slices, trained), all_reduce)
 
 
 class OptimizerMoments:
     """AdamW state per super-net element, for the "inherit" optimizer policy: first and
     second moments shaped like each super-net parameter, and a step count per parameter."""
 
+    KINDS = ("exp_avg", "exp_avg_sq", "step")
+
     def __init__(self, supernet: SuperNet):
-        self.moments = {
-            name: {"exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p), "step": 0.0}
-            for name, p in supernet.named_parameters()
-        }
+        self.moments = {kind: {} for kind in self.KINDS}
+        for name, p in supernet.named_parameters():
+            self.moments["exp_avg"][name] = torch.zeros_like(p)
+            self.moments["exp_avg_sq"][name] = torch.zeros_like(p)
+            self.moments["step"][name] = torch.zeros(1, device=p.device)
 
     def state_dict(self) -> dict:
         return self.moments
 
     def load_state_dict(self, state: dict) -> None:
-        self.moments = state
+        for kind in self.KINDS:
+            for name, value in state[kind].items():
+                self.moments[kind][name].copy_(value)
 
     @torch.no_grad()
     def inherit(self, optimizer: torch.optim.Optimizer, candidate: nn.Module, slices: list[SharedSlice]) -> None:
         """Seed `optimizer` (over `candidate`'s parameters) with the stored moments."""
         own = dict(candidate.named_parameters())
         for s in slices:
-            stored = self.moments[s.supernet]
-            if stored["step"] == 0:
+            step = float(self.moments["step"][s.supernet])
+            if step == 0:
                 continue  # never trained: AdamW starts it fresh
             optimizer.state[own[s.candidate]] = {
-                "step": torch.tensor(stored["step"]),
-                "exp_avg": s.of_supernet(stored["exp_avg"]).clone(),
-                "exp_avg_sq": s.of_supernet(stored["exp_avg_sq"]).clone(),
+                "step": torch.tensor(step),
+                "exp_avg": s.of_supernet(self.moments["exp_avg"][s.supernet]).clone(),
+                "exp_avg_sq": s.of_supernet(self.moments["exp_avg_sq"][s.supernet]).clone(),
             }
 
-    @torch.no_grad()
-    def write_back(self, optimizer: torch.optim.Optimizer, candidate: nn.Module, slices: list[SharedSlice]) -> None:
-        """Store the moments of the slices written back (those `write_back` returned)."""
+    def contributions(self, optimizer: torch.optim.Optimizer, candidate: nn.Module, slices: list[SharedSlice], trained) -> dict:
+        """Per kind, what the candidate's optimizer writes back for its trained slices."""
         own = dict(candidate.named_parameters())
+        found = {kind: [] for kind in self.KINDS}
         for s in slices:
-            state = optimizer.state.get(own[s.candidate])
-            if not state:
-                continue
-            stored = self.moments[s.supernet]
-            s.of_supernet(stored["exp_avg"]).copy_(state["exp_avg"])
-            s.of_supernet(stored["exp_avg_sq"]).copy_(state["exp_avg_sq"])
-            stored["step"] = float(state["step"])
+            state = optimizer.state.get(own[s.candidate]) if s.candidate in trained else None
+            if state:
+                found["exp_avg"].append((s.supernet, s.taps, state["exp_avg"]))
+                found["exp_avg_sq"].append((s.supernet, s.taps, state["exp_avg_sq"]))
+                found["step"].append((s.supernet, None, torch.as_tensor(state["step"], dtype=torch.float32).reshape(1)))
+        return found
+
+    def write_back(self, contributions: dict, all_reduce=lambda t: t) -> None:
+        for kind in self.KINDS:
+            average_into(self.moments[kind], contributions[kind], all_reduce)

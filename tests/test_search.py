@@ -228,7 +228,7 @@ def test_run_directory_caches_equal_a_replay_of_the_history(finished_run):
     assert (out / "fitness.png").read_bytes()[:4] == b"\x89PNG" and (out / "op_priority.png").is_file()
     kept = sorted(int(p.stem) for p in (out / "top").glob("*.pt"))
     assert kept == sorted(state.top(config.top_k))
-    assert json.loads((out / "run.json").read_text())["settings"] == config.identity()
+    assert json.loads((out / "run.json").read_text())["settings"] == {**config.identity(), "processes": 1}
 
 
 def test_finished_run_population_and_statistics(finished_run):
@@ -312,11 +312,12 @@ def test_injected_failures_are_recorded_and_leave_the_supernet_untouched(tmp_pat
     monkeypatch.setattr(modeling, "attention_function", attention_function)
     real_commit = search._commit
 
-    def commit(record):
-        if record["status"] == "failed":
-            for name, p in search.supernet.named_parameters():
-                assert torch.equal(p, snapshots[record["index"]][name]), f"{name} changed by failed candidate {record['index']}"
-        real_commit(record)
+    def commit(records, *rest):
+        for record, summary in zip(records, rest[0]):
+            if summary is not None and summary["status"] == "failed":
+                for name, p in search.supernet.named_parameters():
+                    assert torch.equal(p, snapshots[record["index"]][name]), f"{name} changed by failed candidate {record['index']}"
+        real_commit(records, *rest)
 
     search._commit = commit
     summary = search.run()
@@ -403,9 +404,11 @@ def test_inherited_optimizer_moments_travel_with_the_weights(tmp_path):
     search = Search(config, tmp_path / "out", progress=False, log=lambda m: None)
     search.run()
     moments = search.moments.state_dict()
-    trained = [name for name, m in moments.items() if m["step"] > 0]
+    trained = [name for name, step in moments["step"].items() if step > 0]
     assert "embeddings.word_embeddings.weight" in trained
-    assert all(moments[name]["exp_avg_sq"].abs().sum() > 0 for name in trained)
+    assert all(moments["exp_avg_sq"][name].abs().sum() > 0 for name in trained)
+    untrained = [name for name, step in moments["step"].items() if step == 0]
+    assert all(moments["exp_avg"][name].abs().sum() == 0 for name in untrained)
 
 
 # -- the command line ----------------------------------------------------------------------------------

@@ -41,18 +41,24 @@ def handle(args) -> int:
         raise UsageError(str(e)) from None
 
     from genomec.commands.train import _quiet_libraries
+    from genomec.search.distributed import World
     from genomec.search.engine import Search
 
     _quiet_libraries("search")
+    world = World.from_environment()  # under torchrun: this process's rank; else a world of one
     try:
-        summary = Search(config, args.out, progress=not args.no_progress).run()
+        summary = Search(config, args.out, progress=not args.no_progress, world=world).run()
     except (ConfigError, DataError, RunError) as e:
         raise UsageError(str(e)) from None
     except KeyboardInterrupt:
         print("genomec search: stopped; run the same command again to continue", file=sys.stderr)
         raise
+    finally:
+        world.close()
+    if not world.is_main:
+        return 0  # rank 0 reports
     if args.json:
-        print(json.dumps({k: summary[k] for k in SUMMARY_KEYS} | {"time_split": summary["time_split"], "out": summary["out"]}))
+        print(json.dumps({k: summary[k] for k in (*SUMMARY_KEYS, "processes", "time_split", "out")}))
     else:
         for key in SUMMARY_KEYS:
             print(f"{key}: {summary[key]}")
