@@ -84,9 +84,10 @@ class RunDirectory:
 
     # -- the history ----------------------------------------------------------------------
 
-    def read_history(self) -> list[dict]:
-        """The records so far. A torn last line (a kill while appending) is cut off: the
-        checkpoint holds that record and the resume appends it again."""
+    def read_history(self, repair: bool = True) -> list[dict]:
+        """The records so far. A torn last line (a kill while appending) is left out, and
+        with `repair` (the search resuming) cut off the file: the checkpoint holds that
+        record and the resume appends it again. Readers of a live run pass repair=False."""
         path = self.path / HISTORY
         if not path.exists():
             return []
@@ -101,8 +102,9 @@ class RunDirectory:
                 record = json.loads(line)
             except (json.JSONDecodeError, UnicodeDecodeError):
                 if number >= len(lines) - 1:  # the last line, torn
-                    with open(path, "r+b") as f:
-                        f.truncate(good_bytes)
+                    if repair:
+                        with open(path, "r+b") as f:
+                            f.truncate(good_bytes)
                     break
                 raise RunError(f"{path}:{number}: not a JSON record; the history is corrupt") from None
             if record.get("index") != len(records):
