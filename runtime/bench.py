@@ -302,15 +302,15 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def run_suite(graphs, out_dir: str | Path, aot: bool = True, progress=print) -> dict:
-    """Run the suite over `graphs` (from suite_graphs) on a GPU if there is one; write
-    results.json, results.md, results.png."""
+def run_suite(graphs, out_dir: str | Path, aot: bool = True, progress=print, shapes=GPU_SHAPES, dtypes=GPU_DTYPES) -> dict:
+    """Run the suite over `graphs` (from suite_graphs) on a GPU if there is one, at
+    `shapes` ([B, H, N, d]) and `dtypes`; write results.json, results.md, results.png."""
     import torch
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if torch.cuda.is_available():
-        result = run_gpu(graphs, progress=progress)
+        result = run_gpu(graphs, shapes=shapes, dtypes=dtypes, progress=progress)
         table = gpu_markdown(result)
     else:
         progress("no CUDA GPU: reporting front-end time, source size and ahead-of-time compilation instead of kernel timings")

@@ -492,19 +492,3 @@ def test_glue_proxy_search_scores_by_the_task_metric(tmp_path):
         if r["status"] == "ok":
             assert r["fitness"] in {i / 32 for i in range(33)}  # an accuracy over the 32 dev rows
             assert r["loss"] is None
-
-
-def test_search_benchmark_runs_at_toy_size(tmp_path):
-    corpus = write_corpus(tmp_path / "corpus.txt")
-    config_file = tmp_path / "toy.json"
-    config_file.write_text(json.dumps(toy_settings(corpus, evaluations=4)))
-    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "search.py"
-    done = subprocess.run([sys.executable, str(script), "--config", str(config_file), "--results", str(tmp_path / "results")],
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    result = json.loads((tmp_path / "results" / "search-tiny.json").read_text())
-    assert result["evaluations"] == 4 and result["candidates_per_hour"] > 0
-    assert set(result["time_split_seconds"]) == {"probe", "inherit", "train", "score", "write_back", "checkpoint"}
-    assert 0 <= result["share_outside_training"] <= 1
-    assert "candidates per hour" in (tmp_path / "results" / "search-tiny.md").read_text()

@@ -16,17 +16,24 @@ def register(sub) -> None:
     p.add_argument("genomes", nargs="*", metavar="GENOME", help="genome files (default: the SPEC 7 suite)")
     p.add_argument("-o", "--output", default="bench-results", metavar="DIR", help="where results.json/.md/.png go")
     p.add_argument("--no-aot", action="store_true", help="without a GPU: skip ahead-of-time compilation")
+    p.add_argument("--lengths", type=int, nargs="+", metavar="N", help="on a GPU: sequence lengths (default 1k 2k 4k 8k 16k)")
+    p.add_argument("--head-dims", type=int, nargs="+", metavar="D", help="on a GPU: head dims (default 64 128)")
+    p.add_argument("--dtypes", nargs="+", choices=("bf16", "fp16", "fp32"), help="on a GPU (default bf16 fp16)")
     p.add_argument("--json", action="store_true", help="print results.json")
     p.set_defaults(handler=handle)
 
 
 def handle(args) -> int:
     from genomec.api import distinct_graphs
-    from genomec.runtime.bench import run_suite, suite_graphs
+    from genomec.runtime.bench import GPU_DTYPES, GPU_SHAPES, run_suite, suite_graphs
 
     progress = (lambda line: None) if args.json else (lambda line: print(line, file=sys.stderr, flush=True))
     graphs = suite_graphs(distinct_graphs, args.genomes or None)
-    result = run_suite(graphs, args.output, aot=not args.no_aot, progress=progress)
+    lengths = args.lengths or sorted({shape[2] for shape in GPU_SHAPES})
+    head_dims = args.head_dims or sorted({shape[3] for shape in GPU_SHAPES})
+    shapes = [(4, 16, n, d) for d in head_dims for n in lengths]
+    result = run_suite(graphs, args.output, aot=not args.no_aot, progress=progress, shapes=shapes,
+                       dtypes=tuple(args.dtypes or GPU_DTYPES))
     if args.json:
         print(json.dumps(result, indent=2))
     else:
