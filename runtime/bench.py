@@ -167,7 +167,7 @@ def _flex_score_mod(entry):
     return None
 
 
-def _time_cuda(fn, warmup: int = 3, repeat: int = 10) -> tuple[float, int]:
+def time_cuda(fn, warmup: int = 3, repeat: int = 10) -> tuple[float, int]:
     """(median ms over CUDA events, peak bytes allocated during one call)."""
     import torch
 
@@ -241,7 +241,7 @@ def run_gpu(graphs, shapes=GPU_SHAPES, dtypes=GPU_DTYPES, passes=PASSES, progres
                             row["backend"] = module.backward_backend if backward else module.backend
                         fn = _with_backward(forward, inputs, grad_out) if backward else (lambda f=forward: f(*inputs))
                         try:
-                            ms, peak = _time_cuda(fn)
+                            ms, peak = time_cuda(fn)
                             row.update(ms=round(ms, 4), tflops=round(flops / ms / 1e9, 2), peak_bytes=peak)
                         except Exception as e:  # out of memory for the [N,N] baselines at long N
                             row.update(error=f"{type(e).__name__}: {str(e)[:120]}")

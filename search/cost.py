@@ -36,7 +36,6 @@ evaluation of causal graphs that are not row-local.
 
 from __future__ import annotations
 
-import statistics
 from collections import Counter
 
 import torch
@@ -48,6 +47,7 @@ from genomec.genome.ops import TOKENS
 from genomec.ir import IR, Compiled, lower
 from genomec.ir.graph import INPUT_OP, PAIR_SPACE
 from genomec.runtime import KernelCache, load
+from genomec.runtime.bench import time_cuda
 
 BYTES_PER_ELEMENT = 2  # bf16
 SOFTMAX_FLOPS = 5  # per element: max, subtract, exp, sum, divide
@@ -203,15 +203,5 @@ def measure_attention_ms(
         out = module(inputs.get("q"), inputs.get("k"), inputs.get("v"))
         torch.autograd.grad(out, list(inputs.values()), grad_out, allow_unused=True)
 
-    for _ in range(warmup):
-        forward_backward()
-    timings = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        forward_backward()
-        end.record()
-        torch.cuda.synchronize()
-        timings.append(start.elapsed_time(end))
-    _MEASURED_MS[key] = statistics.median(timings)
+    _MEASURED_MS[key] = time_cuda(forward_backward, warmup, repeats)[0]
     return _MEASURED_MS[key]

@@ -268,7 +268,10 @@ class Search:
         cost = model_cost(child, c.batch_size, c.seq_len, c.num_heads, c.head_dim,
                           self.proxy.config_overrides["vocab_size"], c.seq_len)
         if self.device.type == "cuda" and not probed.rejected:
-            cost["attention_ms"] = self._attention_ms(child)
+            try:
+                cost["attention_ms"] = self._attention_ms(child)
+            except Exception as e:  # kernels that do not build or run: training falls back or fails, and says so
+                cost["attention_ms"], cost["attention_ms_error"] = None, failure_reason(e)
         record = {
             "index": index, "strategy": c.strategy, "parent": parent, "mutation": change,
             "ops_chosen": change.get("ops_chosen", []), "genome": genome_to_json(child),
