@@ -12,9 +12,9 @@ import argparse
 import os
 import sys
 
-from genomec.commands import bench, check, compile, ops, run, search, show, train
+from genomec.commands import bench, check, compile, export, ops, report, run, search, show, train
 
-COMMANDS = [check, show, compile, run, bench, ops, train, search]
+COMMANDS = [check, show, compile, run, bench, ops, train, search, export, report]
 
 
 class UsageError(ValueError):

@@ -121,7 +121,7 @@ class MLMProxy:
         train, heldout = split_heldout(blocks, at_least=min(8, config.eval_blocks), at_most=config.eval_blocks)
         self.train_batches = MaskedBatches(train, self.tokenizer, config.batch_size, seed=config.seed)
         self.eval_batches = MaskedBatches(heldout, self.tokenizer, config.batch_size, seed=config.seed).fixed_batches(EVAL_MASK_SEED)
-        self.config_overrides = {"vocab_size": len(self.tokenizer), "pad_token_id": self.tokenizer.pad_token_id}
+        self.config_overrides = candidate_overrides(config, self.tokenizer)
 
     def batch(self, step: int) -> dict:
         return self.train_batches(step)
@@ -149,11 +149,7 @@ class GlueProxy:
         regression = self.task.is_regression
         self.train_batches = GlueBatches(train, self.tokenizer, config.seq_len, config.batch_size, config.seed, regression)
         self.dev_batches = GlueBatches(dev, self.tokenizer, config.seq_len, 64, 0, regression)
-        self.config_overrides = {
-            "vocab_size": len(self.tokenizer), "pad_token_id": self.tokenizer.pad_token_id,
-            "num_labels": self.task.num_labels,
-            "problem_type": "regression" if regression else "single_label_classification",
-        }
+        self.config_overrides = candidate_overrides(config, self.tokenizer)
 
     def batch(self, step: int) -> dict:
         return self.train_batches(step)
@@ -163,6 +159,17 @@ class GlueProxy:
         batches' (GLUE dev sets are scored by their metric)."""
         metrics = evaluate_glue(model, self.task, self.dev_batches)
         return metrics[self.task.main_metric], math.nan
+
+
+def candidate_overrides(config: SearchConfig, tokenizer) -> dict:
+    """What a candidate's Hugging Face config takes from the proxy task: the tokenizer's
+    vocabulary and pad id, and for GLUE the task's labels."""
+    overrides = {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id}
+    if config.proxy == "glue":
+        task = get_task(config.glue_task)
+        overrides |= {"num_labels": task.num_labels,
+                      "problem_type": "regression" if task.is_regression else "single_label_classification"}
+    return overrides
 
 
 def make_proxy(config: SearchConfig, data_dir: Path, log=print):
