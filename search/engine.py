@@ -42,6 +42,8 @@ from .distributed import World
 
 PLOT_EVERY = 10  # evaluations between plot refreshes (and at the end)
 STAGES = ("probe", "inherit", "train", "score", "write_back", "checkpoint")
+# Under torchrun a rank whose child finished first waits for the others before the write-back.
+WAIT = "wait"
 
 
 # -- state derived from the history ----------------------------------------------------------------
@@ -357,12 +359,15 @@ class Search:
         records = world.broadcast(self._plan() if world.is_main else None)
         mine = records[world.rank] if world.rank < len(records) else None
         result = self._train(mine)
+        began = time.perf_counter()
+        world.barrier()
+        waited = time.perf_counter() - began
         merge_seconds = self._merge(result)
         summaries = world.gather(None if result is None else result.summary())
         kept = self._top_weights(records, summaries, result)
         rngs = world.gather(rng_state())
         if world.is_main:
-            self._commit(records, summaries, merge_seconds, kept, rngs)
+            self._commit(records, summaries, {"write_back": merge_seconds, **({WAIT: waited} if world.distributed else {})}, kept, rngs)
         return records
 
     def _top_weights(self, records, summaries, result) -> dict:
@@ -381,13 +386,13 @@ class Search:
 
     # -- committing (rank 0) --------------------------------------------------------------------------
 
-    def _commit(self, records, summaries, merge_seconds, kept, rngs) -> None:
+    def _commit(self, records, summaries, generation_seconds: dict, kept, rngs) -> None:
         """Fold the generation in, keep top-k weights, checkpoint (the commit point), append."""
         state = self.state
         for record, summary in zip(records, summaries):
             record.pop("first_batch")
             if summary is not None:
-                split = {**record["time_split"], **summary.pop("seconds"), "write_back": merge_seconds}
+                split = {**record["time_split"], **summary.pop("seconds"), **generation_seconds}
                 record.update(summary, time_split=split)
                 if record["status"] != "ok":
                     record["backend"] = None
@@ -481,6 +486,6 @@ class Search:
             "wall_seconds": round(wall, 3),
             "session_evaluations": self.session_evaluations,
             "processes": self.world.size,
-            "time_split": {stage: round(self.totals[stage], 3) for stage in STAGES},
+            "time_split": {stage: round(self.totals[stage], 3) for stage in STAGES + ((WAIT,) if self.world.distributed else ())},
             "out": str(self.run_dir.path),
         }
