@@ -18,6 +18,17 @@ import torch
 import torch.distributed as dist
 
 
+def _attempt_store(rank: int, size: int, timeout: timedelta) -> dist.Store:
+    """The rendezvous store of this attempt of the worker group. torchrun keeps one store
+    across the restarts of `--max-restarts`, so the keys a process group leaves there
+    (each rank's address) would be read again by the next attempt, which then connects to
+    the dead workers of the last one: each attempt gets keys of its own."""
+    agent_hosts_it = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), size,
+                          is_master=rank == 0 and not agent_hosts_it, timeout=timeout)
+    return dist.PrefixStore(f"/genomec/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+
+
 class World:
     def __init__(self, rank: int = 0, size: int = 1, local_rank: int = 0, backend: str | None = None):
         self.rank, self.size, self.local_rank, self.backend = rank, size, local_rank, backend
@@ -32,7 +43,9 @@ class World:
         if backend == "nccl":
             torch.cuda.set_device(local_rank)
         if not dist.is_initialized():
-            dist.init_process_group(backend, timeout=timedelta(minutes=timeout_minutes))
+            rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+            timeout = timedelta(minutes=timeout_minutes)
+            dist.init_process_group(backend, store=_attempt_store(rank, size, timeout), rank=rank, world_size=size, timeout=timeout)
         return cls(dist.get_rank(), dist.get_world_size(), local_rank, backend)
 
     @property

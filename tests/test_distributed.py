@@ -91,7 +91,14 @@ def test_a_worker_killed_mid_generation_is_restarted_and_nothing_finished_is_los
     workers = _workers_of(launcher.pid)
     assert workers, "torchrun started no workers"
     os.kill(workers[-1], signal.SIGKILL)  # the rank-1 worker, mid-run
-    stdout, stderr = launcher.communicate(timeout=400)
+    try:
+        stdout, stderr = launcher.communicate(timeout=400)
+    except subprocess.TimeoutExpired:
+        for pid in _workers_of(launcher.pid):  # workers run in sessions of their own
+            os.kill(pid, signal.SIGKILL)
+        os.killpg(launcher.pid, signal.SIGKILL)
+        stdout, stderr = launcher.communicate()
+        pytest.fail(f"torchrun did not finish after the kill; its output:\n{stderr[-6000:]}")
     assert launcher.returncode == 0, stderr[-3000:]
     assert "resuming" in stderr
     assert without_timing(RunDirectory(out).read_history()) == without_timing(RunDirectory(tmp_path / "whole").read_history())
