@@ -2,7 +2,6 @@
 scores the fitness its history records, or just its genome; every refusal is one line."""
 
 import json
-import random
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from genomec.search.config import build_config
 from genomec.search.evaluate import make_proxy, model_config
 from genomec.search.export import ExportError, export_candidate
 from genomec.search.rundir import RunDirectory
-from test_search import WORDS, toy_settings, write_corpus
+from test_search import glue_toy_config, toy_settings, write_corpus
 
 TOP_K = 3
 
@@ -281,26 +280,7 @@ def test_a_glue_candidate_exports_its_classifier(tmp_path):
 
     from genomec.search.engine import Search
 
-    rng = random.Random(0)
-    root = tmp_path / "glue" / "SST-2"
-    root.mkdir(parents=True)
-
-    def rows(count):  # sentences with "good" are positive
-        lines = ["sentence\tlabel"]
-        for _ in range(count):
-            label = rng.randint(0, 1)
-            words = [rng.choice(WORDS) for _ in range(6)] + ["good" if label else "bad"]
-            rng.shuffle(words)
-            lines.append(" ".join(words) + f"\t{label}")
-        return "\n".join(lines) + "\n"
-
-    (root / "train.tsv").write_text(rows(96))
-    (root / "dev.tsv").write_text(rows(32))
-    config = build_config("tiny", {
-        "proxy": "glue", "glue_task": "sst2", "glue_data": str(tmp_path / "glue"), "num_layers": 2, "hidden_size": 16,
-        "num_heads": 2, "intermediate_size": 32, "kernel_sizes": [3, 5], "seq_len": 16, "batch_size": 8,
-        "vocab_size": 80, "steps": 4, "evaluations": 2, "population_size": 2, "tournament_size": 1,
-    })
+    config = glue_toy_config(tmp_path, evaluations=2)
     Search(config, tmp_path / "run", progress=False, log=lambda m: None).run()
     summary = export_candidate(tmp_path / "run", tmp_path / "out")
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "out")

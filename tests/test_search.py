@@ -460,9 +460,9 @@ def test_bad_flags_and_corpus_exit_2(tmp_path, capsys):
     assert not (tmp_path / "b").exists()
 
 
-def test_glue_proxy_search_scores_by_the_task_metric(tmp_path):
-    """SST-2 from a local directory: a separable toy task (sentences with "good" are
-    positive), fitness is dev accuracy, and the super-net holds a classification head."""
+def glue_toy_config(tmp_path, evaluations: int):
+    """A search on SST-2 from a local directory: a separable toy task (sentences with
+    "good" are positive, with "bad" negative), 96 training and 32 dev rows."""
     rng = random.Random(0)
     root = tmp_path / "glue" / "SST-2"
     root.mkdir(parents=True)
@@ -478,11 +478,16 @@ def test_glue_proxy_search_scores_by_the_task_metric(tmp_path):
 
     (root / "train.tsv").write_text(rows(96))
     (root / "dev.tsv").write_text(rows(32))
-    config = build_config("tiny", {
+    return build_config("tiny", {
         "proxy": "glue", "glue_task": "sst2", "glue_data": str(tmp_path / "glue"), "num_layers": 2, "hidden_size": 16,
         "num_heads": 2, "intermediate_size": 32, "kernel_sizes": [3, 5], "seq_len": 16, "batch_size": 8,
-        "vocab_size": 80, "steps": 4, "evaluations": 3, "population_size": 2, "tournament_size": 1,
+        "vocab_size": 80, "steps": 4, "evaluations": evaluations, "population_size": 2, "tournament_size": 1,
     })
+
+
+def test_glue_proxy_search_scores_by_the_task_metric(tmp_path):
+    """Fitness is dev accuracy, and the super-net holds a classification head."""
+    config = glue_toy_config(tmp_path, evaluations=3)
     search = Search(config, tmp_path / "out", progress=False, log=lambda m: None)
     summary = search.run()
     records = RunDirectory(tmp_path / "out").read_history()
