@@ -286,9 +286,3 @@ def failure_reason(error: BaseException) -> str:
         return f"out of memory: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0] if text else ''}"[:500]
-
-
-def save_candidate(model, path: Path) -> None:
-    """The trained weights of a candidate (for export), written atomically."""
-    write_atomic(path, lambda f: torch.save(model.state_dict(), f))
-
