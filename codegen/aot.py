@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import io
 import json
 import os
@@ -38,12 +39,49 @@ class KernelResources:
     compile_seconds: float
 
 
+# Turing: the oldest GPUs Triton's NVIDIA backend generates code for (its Blackwell-era
+# ptxas, the one Triton 3.9 uses from sm_90 on, accepts nothing older either). Older
+# targets (sm_20, sm_50) abort inside LLVM or ptxas rather than failing cleanly.
+MIN_ARCH = 75
+
+
 def parse_arch(arch: str) -> int:
-    """'sm_90' (or 'sm90', '90', 'sm_90a') -> 90."""
+    """'sm_90' (or 'sm90', '90', 'sm_90a') -> 90, for an architecture the installed Triton
+    compiles for (`supported_archs`); else ValueError naming the supported ones."""
     match = re.fullmatch(r"(?:sm_?)?(\d+)a?", arch.strip().lower())
     if not match:
         raise ValueError(f"--arch {arch}: expected a CUDA architecture like sm_90")
-    return int(match.group(1))
+    capability = int(match.group(1))
+    supported = supported_archs()
+    if capability not in supported:
+        raise ValueError(
+            f"--arch {arch}: the installed Triton does not compile for it; "
+            f"supported: {', '.join(f'sm_{a}' for a in supported)}"
+        )
+    return capability
+
+
+@functools.lru_cache(maxsize=None)
+def supported_archs() -> tuple[int, ...]:
+    """The CUDA compute capabilities from MIN_ARCH on that the ptxas Triton picks for each
+    (its bundled ones, by capability, or TRITON_PTXAS_PATH) accepts as `--gpu-name`."""
+    from triton.backends.nvidia.compiler import get_ptxas  # Triton 3.6 to 3.9: get_ptxas(arch)
+
+    candidates = range(MIN_ARCH, 200)
+    by_tool = {arch: get_ptxas(arch).path for arch in candidates}
+    accepted = {path: _ptxas_archs(path) for path in set(by_tool.values())}
+    return tuple(arch for arch in candidates if arch in accepted[by_tool[arch]])
+
+
+def _ptxas_archs(ptxas: str) -> frozenset[int]:
+    """The `sm_NN` targets a ptxas lists as allowed values of `--gpu-name` in its help."""
+    try:
+        text = subprocess.run([ptxas, "--help"], capture_output=True, text=True, check=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        raise RuntimeError(f"cannot run Triton's ptxas ({ptxas}): {e}") from None
+    option = text[text.find("--gpu-name") :]
+    allowed = option[: option.find("Default value")]
+    return frozenset(int(n) for n in re.findall(r"'sm_(\d+)[a-z]?'", allowed))
 
 
 def _signature(kernel: KernelInterface, dtype: str) -> dict[str, str]:
@@ -76,6 +114,7 @@ def _constants(kernel: KernelInterface, dtype: str, head_dim: int, config, causa
         IS_CAUSAL=causal,
         DOT_DTYPE={"fp32": tl.float32, "fp16": tl.float16, "bf16": tl.bfloat16}[dtype],
         DOT_PRECISION=DOT_PRECISION[dtype],
+        STABLE_SOFTMAX_GRAD=dtype == "fp32",
         SAVE_FOR_BACKWARD=True,  # the forward that also saves for the backward is the larger one
     )
     return {c: values[c] for c in kernel.constexprs}

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
 
+from genomec.fileio import write_atomic
 from genomec.genome import AttentionGenome, Genome
 
 from .aot import compile_modules_ahead_of_time
@@ -37,13 +36,6 @@ def model_head_dim(genome: Genome) -> int:
     if isinstance(genome, AttentionGenome):
         return 64
     return genome.config["hidden_size"] // genome.config["num_heads"]
-
-
-def write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def compile_genome(

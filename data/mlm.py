@@ -47,7 +47,7 @@ def split_heldout(blocks: torch.Tensor, fraction: float = 0.02, at_least: int = 
 
 
 class MaskedBatches:
-    """Batch `step` of an MLM run over `blocks`: input_ids, attention_mask and labels (-100 = not predicted)."""
+    """Batch `step` of an MLM run over `blocks`: input_ids and labels (-100 = not predicted)."""
 
     def __init__(self, blocks: torch.Tensor, tokenizer, batch_size: int, seed: int = 0, mlm_probability: float = MLM_PROBABILITY):
         from transformers import DataCollatorForLanguageModeling
@@ -78,11 +78,9 @@ class MaskedBatches:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(mask_seed)
             batch = self.collator([{"input_ids": row} for row in rows])
-        return {
-            "input_ids": batch["input_ids"],
-            "attention_mask": torch.ones_like(batch["input_ids"]),
-            "labels": batch["labels"],
-        }
+        # Blocks are cut from the token stream whole: no padding, so no attention_mask (a
+        # mask of ones would send every step down the models' masked path for nothing).
+        return {"input_ids": batch["input_ids"], "labels": batch["labels"]}
 
     def fixed_batches(self, seed: int) -> list[dict[str, torch.Tensor]]:
         """All blocks in order, masked once with `seed`: a fixed evaluation set."""

@@ -4,6 +4,7 @@ and the graph editor mutations build genomes with."""
 from .edit import GraphEditor
 from .ops import INPUT_NAMES, OPS, Op, ShapeError, get_op
 from .parse import (
+    MAX_FILE_BYTES,
     MAX_NODES,
     attention_to_json,
     genome_to_json,
@@ -16,6 +17,8 @@ from .parse import (
     validate_model,
 )
 from .schema import (
+    CONFIG_LIMITS,
+    MAX_LAYERS,
     AttentionGenome,
     AttentionLayer,
     ConvLayer,
@@ -27,7 +30,7 @@ from .schema import (
 )
 
 __all__ = [
-    "INPUT_NAMES", "OPS", "Op", "ShapeError", "get_op", "MAX_NODES", "attention_to_json", "genome_to_json",
+    "INPUT_NAMES", "OPS", "Op", "ShapeError", "get_op", "MAX_FILE_BYTES", "MAX_NODES", "CONFIG_LIMITS", "MAX_LAYERS", "attention_to_json", "genome_to_json",
     "load_genome", "loads_genome", "parse_attention", "parse_genome", "to_expr", "validate_attention",
     "validate_model", "AttentionGenome", "AttentionLayer", "ConvLayer", "Genome", "GenomeError", "ModelGenome",
     "NodeSpec", "attention_graphs", "GraphEditor",

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
+import os
 import re
 from dataclasses import replace
 from pathlib import Path
 
 from .ops import INPUT_NAMES, INPUT_SHAPE, OPS, OUTPUT_SHAPE, ShapeError, format_shape
 from .schema import (
+    CONFIG_LIMITS,
     CONV_VARIANTS,
     DEFAULT_CONFIG,
+    MAX_LAYERS,
     AttentionGenome,
     AttentionLayer,
     ConvLayer,
@@ -29,6 +33,9 @@ from .schema import (
 MAX_NODES = 64
 MAX_EXPR_DEPTH = 256  # deeper nesting is over any node limit; stop before Python's stack does
 MAX_EXPR_NODES = 100_000  # to_expr refuses to write out a shared DAG as a tree larger than this
+MAX_EXPR_CHARS = 16 * MAX_EXPR_NODES  # room for any tree to_expr writes (op names are short)
+MAX_FILE_BYTES = 4 * 2**20  # a genome file; the largest real ones are a few kilobytes
+MAX_NUMBER_DIGITS = 20  # no genome value needs more (Python itself refuses ints over 4300 digits)
 
 GRAPH_KEYS = {"inputs", "nodes", "output", "expr", "causal", "name", "notes"}
 MODEL_KEYS = {"name", "notes", "config", "layers"}
@@ -47,10 +54,36 @@ def _reject_duplicate_keys(pairs):
     return seen
 
 
+def _json_int(digits: str) -> int:
+    if len(digits.lstrip("-")) > MAX_NUMBER_DIGITS:
+        raise GenomeError(f"the number {digits[:12]}... has {len(digits.lstrip('-'))} digits, more than any genome value needs")
+    return int(digits)
+
+
+def _json_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise GenomeError(f"the number {_clip(text)} is out of range")
+    return value
+
+
+def _json_constant(name: str):
+    raise GenomeError(f"{name} is not a JSON number (genome values are finite numbers)")
+
+
+def _clip(text: str, width: int = 24) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def loads_genome(text: str, source: str | None = None, max_nodes: int = MAX_NODES) -> Genome:
     """Parse genome JSON text. Raises GenomeError (with `source` in every line)."""
+    if len(text) > MAX_FILE_BYTES:
+        raise GenomeError(f"{len(text):,} characters, over the limit of {_size_limit()} for a genome", source)
     try:
-        obj = json.loads(text, object_pairs_hook=_reject_duplicate_keys)
+        obj = json.loads(
+            text, object_pairs_hook=_reject_duplicate_keys,
+            parse_int=_json_int, parse_float=_json_float, parse_constant=_json_constant,
+        )
     except json.JSONDecodeError as e:
         raise GenomeError(f"malformed JSON at line {e.lineno} column {e.colno}: {e.msg}", source) from None
     except RecursionError:
@@ -65,15 +98,33 @@ def loads_genome(text: str, source: str | None = None, max_nodes: int = MAX_NODE
 
 def load_genome(path: str | Path, max_nodes: int = MAX_NODES) -> Genome:
     path = Path(path)
+    return loads_genome(read_genome_text(path), source=str(path), max_nodes=max_nodes)
+
+
+def read_genome_text(path: Path) -> str:
+    """A genome file's text, read no further than MAX_FILE_BYTES (a device such as
+    /dev/zero, or a huge file, is refused without reading it whole)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
+            size = os.fstat(f.fileno()).st_size
     except FileNotFoundError:
         raise GenomeError("no such file", str(path)) from None
     except IsADirectoryError:
         raise GenomeError("is a directory, not a genome file", str(path)) from None
+    except OSError as e:
+        raise GenomeError(f"cannot read it ({e.strerror or e})", str(path)) from None
+    if len(data) > MAX_FILE_BYTES:
+        how_large = f"{size:,} bytes" if size > MAX_FILE_BYTES else f"more than {_size_limit()}"
+        raise GenomeError(f"{how_large}, over the limit of {_size_limit()} for a genome file", str(path))
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError:
         raise GenomeError("not a UTF-8 text file", str(path)) from None
-    return loads_genome(text, source=str(path), max_nodes=max_nodes)
+
+
+def _size_limit() -> str:
+    return f"{MAX_FILE_BYTES // 2**20} MiB"
 
 
 def parse_genome(obj, max_nodes: int = MAX_NODES) -> Genome:
@@ -96,15 +147,16 @@ def _json_type(value) -> str:
 _TOKEN = re.compile(r"\s*(?:(?P<name>[A-Za-z_][A-Za-z0-9_]*)|(?P<punct>[(),]))")
 
 
+_SPACE = re.compile(r"\s*")
+
+
 def _tokenize(text: str) -> list[tuple[str, int]]:
-    """(token, column) pairs, columns counted from 1."""
-    tokens, pos = [], 0
-    while pos < len(text):
-        if text[pos:].strip() == "":
-            break
+    """(token, column) pairs, columns counted from 1. Linear in the length of `text`."""
+    tokens, pos, end = [], 0, len(text.rstrip())
+    while pos < end:
         m = _TOKEN.match(text, pos)
         if m is None:
-            col = pos + 1 + (len(text[pos:]) - len(text[pos:].lstrip()))
+            col = _SPACE.match(text, pos).end() + 1
             raise GenomeError(f"expr column {col}: unexpected character {text[col - 1]!r}")
         kind = "name" if m.group("name") else "punct"
         tokens.append((m.group(kind), m.start(kind) + 1))
@@ -117,6 +169,8 @@ def parse_expr(text: str) -> tuple[list[NodeSpec], str]:
     repeated sub-expressions become shared nodes in the IR's CSE pass."""
     if not isinstance(text, str):
         raise GenomeError(f"'expr' must be a string, got {_json_type(text)}")
+    if len(text) > MAX_EXPR_CHARS:
+        raise GenomeError(f"'expr' is {len(text):,} characters long, over the limit of {MAX_EXPR_CHARS:,}")
     tokens = _tokenize(text)
     if not tokens:
         raise GenomeError("'expr' is empty")
@@ -155,7 +209,7 @@ def parse_expr(text: str) -> tuple[list[NodeSpec], str]:
         if got != ")":
             raise GenomeError(f"expr column {end_col}: expected ',' or ')', got '{got}'")
         pos += 1
-        snippet = text[col - 1 : end_col]
+        snippet = text[col - 1 : min(end_col, col + 48)]  # no copy of a long call's whole text
         if len(snippet) > 48:
             snippet = snippet[:45] + "..."
         node_id = f"e{len(nodes) + 1}"
@@ -394,14 +448,17 @@ def _check_config(config, problems: list[str]) -> dict:
         default = DEFAULT_CONFIG[key]
         if isinstance(default, int):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                problems.append(f"config: '{key}' must be a positive integer, got {json.dumps(value)}")
+                problems.append(f"config: '{key}' must be a positive integer, got {_dumps(value)}")
+                continue
+            if value > CONFIG_LIMITS[key]:
+                problems.append(f"config: '{key}' must be at most {CONFIG_LIMITS[key]}, got {value}")
                 continue
         elif key.endswith("dropout_prob"):
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
-                problems.append(f"config: '{key}' must be a number in [0, 1), got {json.dumps(value)}")
+                problems.append(f"config: '{key}' must be a number in [0, 1), got {_dumps(value)}")
                 continue
-        elif not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-            problems.append(f"config: '{key}' must be a positive number, got {json.dumps(value)}")
+        elif not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
+            problems.append(f"config: '{key}' must be a positive finite number, got {_dumps(value)}")
             continue
         merged[key] = value
     if merged["hidden_size"] % merged["num_heads"]:
@@ -426,6 +483,9 @@ def parse_model(obj, max_nodes: int = MAX_NODES) -> ModelGenome:
     if not isinstance(raw_layers, list) or not raw_layers:
         problems.append("'layers' must be a non-empty array of layers")
         raw_layers = []
+    elif len(raw_layers) > MAX_LAYERS:
+        problems.append(f"'layers' has {len(raw_layers)} layers, over the limit of {MAX_LAYERS}")
+        raw_layers = []  # not worth checking one by one
     for index, layer in enumerate(raw_layers):
         label = f"layers[{index}]"
         if not isinstance(layer, dict):
@@ -462,6 +522,9 @@ def validate_model(genome: ModelGenome, max_nodes: int = MAX_NODES) -> ModelGeno
     config = _check_config(genome.config, problems)
     if not genome.layers:
         problems.append("'layers' must be a non-empty array of layers")
+    elif len(genome.layers) > MAX_LAYERS:
+        problems.append(f"'layers' has {len(genome.layers)} layers, over the limit of {MAX_LAYERS}")
+        raise GenomeError(problems)
     layers = []
     for index, layer in enumerate(genome.layers):
         label = f"layers[{index}]"

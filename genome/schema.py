@@ -10,8 +10,13 @@ from dataclasses import dataclass, field
 from typing import Union
 
 
+MAX_SHOWN_PROBLEMS = 10  # printed problems of one genome; the rest are counted
+
+
 class GenomeError(ValueError):
-    """A genome is invalid. `problems` holds one self-contained line per problem."""
+    """A genome is invalid. `problems` holds one self-contained line per problem (all of
+    them); `lines()` prints the first MAX_SHOWN_PROBLEMS and counts the rest, so a file
+    with a thousand copies of one mistake does not print a thousand lines."""
 
     def __init__(self, problems: list[str] | str, source: str | None = None):
         self.problems = [problems] if isinstance(problems, str) else list(problems)
@@ -20,7 +25,11 @@ class GenomeError(ValueError):
 
     def lines(self) -> list[str]:
         prefix = f"{self.source}: " if self.source else ""
-        return [prefix + p for p in self.problems]
+        shown = [prefix + p for p in self.problems[:MAX_SHOWN_PROBLEMS]]
+        hidden = len(self.problems) - len(shown)
+        if hidden:
+            shown.append(f"{prefix}... and {hidden} more problem(s)")
+        return shown
 
 
 @dataclass(frozen=True)
@@ -62,6 +71,20 @@ DEFAULT_CONFIG: dict[str, int | float] = {
     "layer_norm_eps": 1e-12,
     "max_kernel_size": 65,
 }
+
+# Upper bounds of a model genome's sizes (and of the same sizes given on the command line):
+# far above any model this project trains, low enough that a typo (2^40) is refused
+# instead of asking for terabytes. Lower bounds: every size is at least 1.
+CONFIG_LIMITS: dict[str, int] = {
+    "hidden_size": 16384,
+    "num_heads": 256,
+    "intermediate_size": 65536,
+    "vocab_size": 1_048_576,
+    "max_position_embeddings": 131072,
+    "type_vocab_size": 1024,
+    "max_kernel_size": 1023,
+}
+MAX_LAYERS = 256
 
 CONV_VARIANTS = ("light",)
 

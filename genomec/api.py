@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from genomec.fileio import write_atomic
 from genomec.genome import AttentionGenome, AttentionLayer, Genome, GenomeError, load_genome
 from genomec.ir import Compiled, PassReport, lower
 
@@ -75,6 +74,9 @@ def read_run_inputs(path: str | Path, genome: AttentionGenome, grad: bool) -> di
     unknown = sorted(set(arrays) - known)
     if unknown:
         raise ArrayError(f"{path}: unknown array '{unknown[0]}' (expected q, k, v, mask, grad_out)")
+    for name, a in arrays.items():
+        if not isinstance(a, np.ndarray):  # a member stored without the .npy format (a pickle, raw bytes)
+            raise ArrayError(f"{path}: member '{name}' is not a NumPy array (write the file with np.savez)")
     needed = [name for name in ("q", "k", "v") if name in genome.inputs]
     shape = None
     for name in ("q", "k", "v"):
@@ -89,6 +91,7 @@ def read_run_inputs(path: str | Path, genome: AttentionGenome, grad: bool) -> di
             raise ArrayError(f"{path}: '{name}' must be [B, H, N, d], got shape {list(a.shape)}")
         if shape is not None and a.shape != shape:
             raise ArrayError(f"{path}: '{name}' has shape {list(a.shape)}, but another input has {list(shape)}")
+        _check_finite(path, name, a)
         shape = a.shape
     if shape is None:
         raise ArrayError(f"{path}: no input arrays (q, k, v)")
@@ -102,20 +105,26 @@ def read_run_inputs(path: str | Path, genome: AttentionGenome, grad: bool) -> di
             raise ArrayError(f"{path}: --grad needs an array 'grad_out' of shape {list(shape)}")
         if g.dtype != np.float32 or g.shape != shape:
             raise ArrayError(f"{path}: 'grad_out' must be float32 {list(shape)}, got {g.dtype} {list(g.shape)}")
+        _check_finite(path, "grad_out", g)
     return arrays
+
+
+def _check_finite(path, name: str, a: np.ndarray) -> None:
+    """Inputs hold finite numbers: a NaN or an infinity would run through every kernel and
+    come out as NaN, far from its cause."""
+    bad = ~np.isfinite(a)
+    if bad.any():
+        nan = int(np.isnan(a).sum())
+        first = [int(i) for i in np.unravel_index(int(np.argmax(bad)), a.shape)]
+        raise ArrayError(
+            f"{path}: '{name}' holds {nan} NaN and {int(bad.sum()) - nan} infinite value(s), the first at {first}; "
+            "inputs must be finite"
+        )
 
 
 def write_npz_atomic(path: str | Path, **arrays: np.ndarray) -> None:
     """Write then rename, so a reader never sees half a file and a failure loses nothing."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp.npz", dir=path.parent if str(path.parent) else ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda f: np.savez(f, **arrays))
 
 
 def run_forward(forward, arrays: dict[str, np.ndarray], grad: bool = False) -> dict[str, np.ndarray]:

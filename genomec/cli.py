@@ -2,8 +2,9 @@
 
 Each subcommand lives in `genomec/commands/<name>.py` with `register(subparsers)`, which
 adds its parser and sets `handler(args) -> int`. To add a command, add its module to
-COMMANDS. Handlers raise `UsageError` (or a GenomeError, ArrayError, InputError) for bad
-input; `main` turns those into one line per problem and exit 2, never a traceback.
+COMMANDS. Handlers raise `UsageError` (from `genomec.errors`; or a GenomeError, ArrayError,
+InputError) for bad input; `main` turns those into one line per problem and exit 2, never a
+traceback.
 """
 
 from __future__ import annotations
@@ -13,12 +14,23 @@ import os
 import sys
 
 from genomec.commands import bench, check, compile, export, ops, report, run, search, show, train
+from genomec.errors import UsageError  # noqa: F401  (also importable as genomec.cli.UsageError)
 
 COMMANDS = [check, show, compile, run, bench, ops, train, search, export, report]
 
 
-class UsageError(ValueError):
-    """Bad input to a command (exit 2)."""
+def version() -> str:
+    """The installed distribution's version; the package's own `__version__` in a checkout
+    that is not installed."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed_version
+
+    try:
+        return installed_version("genomec")
+    except PackageNotFoundError:
+        import genomec
+
+        return getattr(genomec, "__version__", "unknown")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="genomec",
         description="Compile attention genomes to fused Triton kernels, and search them.",
     )
+    parser.add_argument("--version", action="version", version=f"genomec {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in COMMANDS:
         module.register(sub)

@@ -21,7 +21,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -42,7 +42,8 @@ from genomec.data import (
     tokenize_blocks,
     train_wordpiece,
 )
-from genomec.genome import genome_to_json
+from genomec.fileio import current_umask, write_atomic  # noqa: F401  (re-exported: the search imports them here)
+from genomec.genome import GenomeError, genome_to_json
 
 from .configuration import GenomeBertConfig, as_model_genome
 from .modeling import GenomeBertForMaskedLM, GenomeBertForSequenceClassification
@@ -58,37 +59,15 @@ class TrainingDiverged(RuntimeError):
 # -- files ----------------------------------------------------------------------------------------
 
 
-def current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_atomic(path: Path, content, durable: bool = False) -> None:
-    """Write `content` (text, bytes, or a function writing to a binary file) to a
-    temporary file beside `path`, then rename it into place: a reader never sees half a
-    file, and a failure leaves the old one. The file gets the permissions the umask gives
-    (not mkstemp's 0600). `durable`: fsync before the rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if callable(content):
-                content(f)
-            else:
-                f.write(content.encode() if isinstance(content, str) else content)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~current_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_text_atomic(path: Path, text: str) -> None:
     write_atomic(path, text)
+
+
+def checkpoint_interval(steps: int, every: int | None, at_most: int) -> int:
+    """Steps between checkpoints: `every` if given, else about a tenth of the run and
+    never more than `at_most`, so a killed short run still resumes from a checkpoint (30
+    steps: every 3) and a long one does not spend its time saving (2,000 steps: every 50)."""
+    return every if every is not None else min(at_most, max(1, steps // 10))
 
 
 class Checkpoints:
@@ -238,7 +217,9 @@ def train_loop(
         set_rng_state(state["rng"])
         start, losses, tokens, seconds = state["step"], state["losses"], state["tokens"], state["seconds"]
         resumed_from = start
-        _log(f"resuming from the checkpoint at step {start}")
+        _log(f"resuming from the checkpoint at step {start} of {steps} (a checkpoint {_every(checkpoint_every)})")
+    elif checkpoints is not None:
+        _log(f"starting from scratch: {steps} steps, a checkpoint {_every(checkpoint_every)} in {checkpoints.directory}")
 
     parameters = dict(model.named_parameters())
     trained: set[str] = set()
@@ -257,7 +238,7 @@ def train_loop(
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
         seconds += time.perf_counter() - began
-        tokens += int(batch["attention_mask"].sum())
+        tokens += real_token_count(batch)
         losses.append(loss.item())
         bar.update(1)
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
@@ -275,6 +256,10 @@ def train_loop(
     return LoopResult(losses, tokens, seconds, resumed_from, frozenset(trained))
 
 
+def _every(steps: int) -> str:
+    return "every step" if steps == 1 else f"every {steps} steps"
+
+
 def _finish(out: Path, model, tokenizer, results: dict) -> None:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -289,6 +274,9 @@ def _mean(values: list[float]) -> float:
 # -- masked language modelling ----------------------------------------------------------------------
 
 
+MLM_CHECKPOINT_EVERY, GLUE_CHECKPOINT_EVERY = 50, 200  # the most steps between default checkpoints
+
+
 @dataclass
 class MLMSettings:
     """Defaults sized for the 200-step check on a 2-core CPU (see the README, "Training")."""
@@ -300,17 +288,23 @@ class MLMSettings:
     weight_decay: float = 0.01
     vocab_size: int = 8192  # of a tokenizer trained here
     seed: int = 0
-    checkpoint_every: int = 50
+    checkpoint_every: int | None = None  # None: `checkpoint_interval(steps, None, MLM_CHECKPOINT_EVERY)`
     eval_blocks: int = 64  # held-out blocks scored before and after training
 
 
 @torch.no_grad()
+def real_token_count(batch: dict) -> int:
+    """Tokens of a batch that are not padding (a batch without attention_mask has none)."""
+    mask = batch.get("attention_mask")
+    return int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+
+
 def evaluate_mlm(model, batches: list[dict]) -> tuple[float, float]:
     """(mean loss, accuracy) over the predicted tokens of `batches`."""
     model.eval()
     total_loss, correct, count = 0.0, 0, 0
     for batch in batches:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
         predicted = batch["labels"] != -100
         labels = batch["labels"][predicted]
         scores = logits[predicted]
@@ -337,6 +331,7 @@ def train_mlm(
     model_overrides = dict(model_overrides or {})
     if steps < 1:
         raise DataError(f"--steps must be at least 1, got {steps}")
+    settings = replace(settings, checkpoint_every=checkpoint_interval(steps, settings.checkpoint_every, MLM_CHECKPOINT_EVERY))
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DataError(f"--out {out}: exists and is not a directory")
@@ -369,7 +364,7 @@ def train_mlm(
     )
     if settings.seq_len > config.max_position_embeddings:
         raise DataError(f"--seq-len {settings.seq_len} exceeds max_position_embeddings {config.max_position_embeddings}")
-    model = GenomeBertForMaskedLM(config)
+    model = build_model(lambda: GenomeBertForMaskedLM(config), config)
     initial_file = run_dir / "initial.json"  # the untrained model's held-out score, kept for a resumed run
     if initial_file.exists():
         initial_loss, initial_accuracy = json.loads(initial_file.read_text())
@@ -395,7 +390,7 @@ def train_mlm(
         "tokens_per_second": loop.tokens / loop.seconds if loop.seconds else 0.0,
         "train_tokens": loop.tokens,
         "train_seconds": loop.seconds,
-        "heldout_tokens": sum(int(b["attention_mask"].sum()) for b in eval_batches),
+        "heldout_tokens": sum(real_token_count(b) for b in eval_batches),
         "parameters": sum(p.numel() for p in model.parameters()),
         "resumed_from": loop.resumed_from,
         "out": str(out),
@@ -420,6 +415,72 @@ def _mlm_tokenizer(documents, tokenizer_dir, run_dir: Path, settings: MLMSetting
     return tokenizer
 
 
+# -- model directories ------------------------------------------------------------------------------
+
+WEIGHTS = "model.safetensors"
+
+
+def read_model_config(model_dir: Path) -> GenomeBertConfig:
+    """The config of a model directory written by `train_mlm`, or DataError naming the
+    directory or its config.json and what is wrong with it."""
+    if not model_dir.is_dir():
+        raise DataError(f"{model_dir}: no such model directory; train one with `genomec train mlm`")
+    path = model_dir / "config.json"
+    if not path.is_file():
+        raise DataError(f"{model_dir}: not a model directory (no config.json); train one with `genomec train mlm`")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: corrupt (not UTF-8 text)") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: corrupt (not JSON: {e.msg} at line {e.lineno} column {e.colno})") from None
+    if not isinstance(raw, dict) or raw.get("model_type") != GenomeBertConfig.model_type:
+        found = raw.get("model_type") if isinstance(raw, dict) else None
+        raise DataError(f"{path}: not a {GenomeBertConfig.model_type} model (model_type {found!r})")
+    try:
+        return GenomeBertConfig.from_pretrained(model_dir)
+    except GenomeError as e:
+        raise DataError(f"{path}: {e.lines()[0]}") from None
+    except (TypeError, ValueError) as e:  # a value of the wrong type or range
+        raise DataError(f"{path}: {type(e).__name__}: {e}") from None
+
+
+def check_model_weights(model_dir: Path) -> None:
+    """The weights file is there and its header is whole (a truncated copy is refused here,
+    naming the file, rather than deep inside loading)."""
+    from safetensors import SafetensorError, safe_open
+
+    path = model_dir / WEIGHTS
+    if not path.is_file():
+        raise DataError(f"{model_dir}: no {WEIGHTS}; a model directory written by `genomec train mlm` has one")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            f.keys()
+    except SafetensorError as e:
+        raise DataError(f"{path}: corrupt or truncated ({e})") from None
+
+
+def build_model(make: Callable[[], torch.nn.Module], config: GenomeBertConfig) -> torch.nn.Module:
+    """`make()`; running out of memory while allocating the weights is reported as bad input,
+    with the sizes that asked for them."""
+    try:
+        return make()
+    except (MemoryError, RuntimeError) as e:
+        if isinstance(e, RuntimeError) and not _is_allocation_failure(e):
+            raise
+        sizes = (
+            f"{config.num_hidden_layers} layers, hidden size {config.hidden_size}, {config.num_heads} heads, "
+            f"intermediate size {config.intermediate_size}, vocabulary {config.vocab_size}, "
+            f"{config.max_position_embeddings} positions"
+        )
+        raise DataError(f"the model does not fit in memory ({sizes}); choose smaller sizes") from None
+
+
+def _is_allocation_failure(e: RuntimeError) -> bool:
+    text = str(e).lower()
+    return isinstance(e, torch.OutOfMemoryError) or "not enough memory" in text or "out of memory" in text
+
+
 # -- GLUE fine-tuning ------------------------------------------------------------------------------
 
 
@@ -432,7 +493,7 @@ class GlueSettings:
     weight_decay: float = 0.01
     epochs: float = 3.0
     seed: int = 0
-    checkpoint_every: int = 200
+    checkpoint_every: int | None = None  # None: `checkpoint_interval(steps, None, GLUE_CHECKPOINT_EVERY)`
 
 
 class GlueBatches:
@@ -490,15 +551,18 @@ def train_glue(
     task; returns the task's metrics on its dev set(s)."""
     settings = settings or GlueSettings()
     task = get_task(task_name)
+    model_dir = Path(model_dir)
+    config = read_model_config(model_dir)  # the model directory is checked before the data
+    check_model_weights(model_dir)
+    if settings.seq_len > config.max_position_embeddings:
+        raise DataError(f"--seq-len {settings.seq_len} exceeds the model's max_position_embeddings {config.max_position_embeddings}")
+    tokenizer = load_tokenizer(model_dir)
     train_examples = read_split(data_dir, task, "train", skip_malformed)
     dev_examples = {name: read_split(data_dir, task, name, skip_malformed) for name, _ in task.dev_files}
-    model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
-        raise DataError(f"{model_dir}: not a model directory (no config.json); train one with `genomec train mlm`")
-    tokenizer = load_tokenizer(model_dir)
     out = Path(out) if out is not None else model_dir / "glue" / task.name
     batches_per_epoch = max(1, len(train_examples) // min(settings.batch_size, len(train_examples)))
     steps = steps if steps is not None else max(1, math.ceil(settings.epochs * batches_per_epoch))
+    settings = replace(settings, checkpoint_every=checkpoint_interval(steps, settings.checkpoint_every, GLUE_CHECKPOINT_EVERY))
     run_settings = {
         "task": f"glue-{task.name}", "data": str(Path(data_dir).resolve()), "model": str(model_dir.resolve()),
         "steps": steps, "skip_malformed": skip_malformed, **asdict(settings),
@@ -509,10 +573,6 @@ def train_glue(
         return finished
 
     torch.manual_seed(settings.seed)
-    try:
-        config = GenomeBertConfig.from_pretrained(model_dir)
-    except Exception as e:
-        raise DataError(f"{model_dir}: not a genome-bert model ({type(e).__name__}: {e})") from None
     labels = task.labels or ("score",)
     config.num_labels = task.num_labels
     config.id2label = dict(enumerate(labels))
@@ -520,7 +580,7 @@ def train_glue(
     config.problem_type = "regression" if task.is_regression else "single_label_classification"
     if backend is not None:
         config.attention_backend = backend
-    model = GenomeBertForSequenceClassification.from_pretrained(model_dir, config=config)
+    model = build_model(lambda: GenomeBertForSequenceClassification.from_pretrained(model_dir, config=config), config)
 
     train_batches = GlueBatches(train_examples, tokenizer, settings.seq_len, settings.batch_size, settings.seed, task.is_regression)
     loop = train_loop(

@@ -6,20 +6,26 @@ SHA-256 of the module). The key hashes (IR hash, generator version and fingerpri
 Triton version, options). Entries are built in a private temporary directory and renamed into place, so a
 reader never sees half an entry and two processes building the same genome both succeed:
 the first rename wins, the loser uses the winner's entry. An entry that fails its checks
-(unreadable JSON, missing module, checksum mismatch) is moved aside and rebuilt.
+(unreadable JSON, missing module, checksum mismatch) is moved aside and rebuilt. A cache
+folder that cannot be written (a file, read-only, no permission) is replaced, for this
+process, by a temporary one, with one warning on stderr: the kernels still run, only
+uncached.
 """
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from genomec.codegen.generate import GeneratedModule, KernelInterface, generate, generator_fingerprint
+from genomec.fileio import current_umask, output_folder_problem
 from genomec.ir import Compiled
 
 ENTRY_FILE, MODULE_FILE = "entry.json", "kernels.py"
@@ -59,7 +65,8 @@ class CacheEntry:
 
 class KernelCache:
     def __init__(self, root: str | Path | None = None):
-        self.root = Path(root) if root is not None else default_root()
+        root = Path(root) if root is not None else default_root()
+        self.root = _TEMPORARY_ROOTS.get(root, root)  # an unusable folder's stand-in, once there is one
 
     def key(self, graph_hash: str, options: dict | None = None) -> str:
         text = json.dumps(
@@ -76,7 +83,10 @@ class KernelCache:
     def lookup(self, graph_hash: str, options: dict | None = None) -> CacheEntry | None:
         """The valid entry, None if there is none; a corrupt one is moved aside."""
         path = self.entry_path(graph_hash, options)
-        if not path.exists():
+        try:
+            if not path.exists():
+                return None
+        except OSError:  # the cache folder cannot be searched (no permission): nothing cached
             return None
         try:
             return _read_entry(path, graph_hash)
@@ -103,9 +113,8 @@ class KernelCache:
         return self.store(generated, options)
 
     def store(self, generated: GeneratedModule, options: dict | None = None) -> CacheEntry:
-        path = self.entry_path(generated.hash, options)
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".build-{path.name}-", dir=self.root))
+        tmp = self._build_folder(generated.hash)
+        path = self.entry_path(generated.hash, options)  # under the root the build folder is in
         try:
             source = generated.source.encode()
             (tmp / MODULE_FILE).write_bytes(source)
@@ -134,6 +143,41 @@ class KernelCache:
         if entry is None:  # the winner's entry was corrupt and just discarded: store ours again
             return self.store(generated, options)
         return entry
+
+    # -- the cache folder ---------------------------------------------------------------------
+
+    def _build_folder(self, graph_hash: str) -> Path:
+        """A private folder in the cache to build an entry in (with the permissions the umask
+        gives, as the entry keeps them). If the cache folder cannot be created or written in,
+        the cache moves to a temporary folder for the rest of this process, with a warning."""
+        try:
+            return self._make_build_folder(graph_hash)
+        except OSError as e:
+            self.root = _temporary_root(self.root, e)
+            return self._make_build_folder(graph_hash)
+
+    def _make_build_folder(self, graph_hash: str) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".build-{graph_hash}-", dir=self.root))
+        os.chmod(tmp, 0o777 & ~current_umask())
+        return tmp
+
+
+_TEMPORARY_ROOTS: dict[Path, Path] = {}  # unusable cache folder -> its stand-in in this process
+
+
+def _temporary_root(root: Path, error: OSError) -> Path:
+    """The stand-in for an unusable cache folder: made (and the warning printed) once per
+    process, removed when the process exits."""
+    if root not in _TEMPORARY_ROOTS:
+        stand_in = Path(tempfile.mkdtemp(prefix="genomec-kernels-"))
+        atexit.register(shutil.rmtree, stand_in, ignore_errors=True)
+        reason = output_folder_problem(root) or error.strerror or str(error)
+        print(f"genomec: warning: kernel cache {root} is not usable ({reason}); "
+              f"caching kernels in {stand_in} for this run only (set GENOMEC_CACHE_DIR to a writable folder)",
+              file=sys.stderr)
+        _TEMPORARY_ROOTS[root] = stand_in
+    return _TEMPORARY_ROOTS[root]
 
 
 def _read_entry(path: Path, graph_hash: str) -> CacheEntry:

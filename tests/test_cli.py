@@ -158,13 +158,45 @@ def test_run_input_problems(tmp_path, capsys):
     assert "--layer 0 is not an attention layer" in capsys.readouterr().err
 
 
-def test_runtime_failure_exits_1_and_keeps_earlier_results(tmp_path):
+def test_runtime_failure_exits_1_and_keeps_earlier_results(tmp_path, monkeypatch, capsys):
     _write_inputs(tmp_path / "in.npz")
     out = tmp_path / "out.npz"
-    standard = GENOMES / "standard-attention.json"
-    assert run_cli("run", standard, "--inputs", tmp_path / "in.npz", "--out", out).returncode == 0
+    argv = ["run", str(GENOMES / "standard-attention.json"), "--inputs", str(tmp_path / "in.npz"), "--out", str(out)]
+    assert main(argv) == 0
     before = out.read_bytes()
-    missing_dir = tmp_path / "no" / "such" / "dir" / "o.npz"
-    result = run_cli("run", standard, "--inputs", tmp_path / "in.npz", "--out", missing_dir)
-    assert result.returncode == 1 and "Traceback" not in result.stderr and "error:" in result.stderr
+
+    def disk_full(file, **arrays):  # the disk fills up halfway through writing
+        file.write(b"PK\x03\x04 half an archive")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", disk_full)
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "error: OSError: [Errno 28] No space left on device" in err and "Traceback" not in err
     assert out.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npz", "out.npz"]  # no temporary file left
+
+
+@pytest.mark.parametrize(
+    "out, message",
+    [
+        ("no/such/dir/o.npz", "the folder {tmp}/no/such/dir does not exist"),
+        (".", "is a folder; name the file to write"),
+        ("in.npz/o.npz", "{tmp}/in.npz is not a folder"),
+        ("in.npz/sub/o.npz", "{tmp}/in.npz is a file, not a folder"),
+    ],
+)
+def test_run_refuses_a_bad_out_path_before_any_work(tmp_path, out, message):
+    _write_inputs(tmp_path / "in.npz")
+    out = tmp_path / out
+    # --inputs names a missing file: the --out path is checked first, before anything is read
+    result = run_cli("run", GENOMES / "standard-attention.json", "--inputs", tmp_path / "missing.npz", "--out", out)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == f"genomec run: --out {out}: " + message.format(tmp=tmp_path)
+
+
+def test_version():
+    from importlib.metadata import version
+
+    result = run_cli("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"genomec {version('genomec')}"

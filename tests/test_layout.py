@@ -20,6 +20,8 @@ ALLOWED = {
     "models": {"genome", "ir", "codegen", "runtime", "data"},
     "search": {"genome", "ir", "codegen", "runtime", "models", "data"},
 }
+# Modules of genomec itself that every layer may use: standard library only, no layer below.
+BASE = {"fileio"}
 
 
 def _imported_layers(path: Path) -> set[str]:
@@ -44,8 +46,14 @@ def _imported_layers(path: Path) -> set[str]:
 @pytest.mark.parametrize("layer", [l for l in LAYERS if (ROOT / l).is_dir()])
 def test_imports_flow_one_way(layer):
     for path in sorted((ROOT / layer).rglob("*.py")):
-        bad = _imported_layers(path) - ALLOWED[layer] - {layer}
+        bad = _imported_layers(path) - ALLOWED[layer] - BASE - {layer}
         assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
+
+
+def test_base_modules_import_no_layer():
+    for name in BASE:
+        path = ROOT / "genomec" / f"{name}.py"
+        assert _imported_layers(path) == set(), f"{path.relative_to(ROOT)} imports part of genomec"
 
 
 def test_no_generic_top_level_modules_are_installed(tmp_path):

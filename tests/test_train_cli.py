@@ -212,3 +212,122 @@ def test_commands_that_need_no_model_do_not_import_transformers():
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+# -- bad options, model directories and sizes: exit 2 naming the option or file ---------------
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--lr", "-1", "--lr must be a positive number below 1, got -1.0"),
+        ("--lr", "nan", "--lr must be a positive number below 1, got nan"),
+        ("--warmup", "5", "--warmup must be a fraction of the steps, in [0, 1), got 5.0"),
+        ("--steps", "0", "--steps must be at least 1, got 0"),
+        ("--seq-len", "4", "--seq-len must be in 8..131072, got 4"),
+        ("--seq-len", "1024", "--seq-len 1024 exceeds max_position_embeddings 512 of"),
+        ("--batch-size", "0", "--batch-size must be in 1..65536, got 0"),
+        ("--vocab-size", "10", "--vocab-size must be in 32..1048576, got 10"),
+        ("--checkpoint-every", "0", "--checkpoint-every must be at least 1, got 0"),
+        ("--hidden-size", str(2**40), "--hidden-size must be in 1..16384, got 1099511627776"),
+        ("--num-heads", "3", "hidden size 32 is not divisible by 3 heads"),
+        ("--seed", "-1", "--seed must be in 0..4294967295, got -1"),
+    ],
+)
+def test_bad_mlm_options_exit_2_naming_the_option(workspace, tmp_path, capsys, option, value, message):
+    args = mlm_args(workspace, tmp_path / "out", "--steps", "2")
+    if option in args:
+        args[args.index(option) + 1] = value
+    else:
+        args += [option, value]
+    assert main(args) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("genomec train: ") and message in line
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--epochs", "0", "--epochs must be a positive finite number, got 0.0"),
+        ("--epochs", "inf", "--epochs must be a positive finite number, got inf"),
+        ("--lr", "0", "--lr must be a positive number below 1, got 0.0"),
+        ("--batch-size", "0", "--batch-size must be in 1..65536, got 0"),
+    ],
+)
+def test_bad_glue_options_exit_2_naming_the_option(tmp_path, capsys, option, value, message):
+    args = ["train", "glue", "--task", "sst2", "--data", str(tmp_path), "--model", str(tmp_path), option, value, "--no-progress"]
+    assert main(args) == 2
+    assert capsys.readouterr().err.strip() == f"genomec train: {message}"
+
+
+def test_the_out_folder_is_checked_before_any_work(workspace, tmp_path, capsys):
+    (tmp_path / "a-file").write_text("x")
+    assert main(mlm_args(workspace, tmp_path / "a-file" / "run", "--steps", "2")) == 2
+    assert capsys.readouterr().err.strip() == f"genomec train: --out {tmp_path / 'a-file' / 'run'}: {tmp_path / 'a-file'} is a file, not a folder"
+
+
+def test_glue_checks_the_model_directory_before_the_data(tmp_path, capsys):
+    (tmp_path / "not-a-model").mkdir()
+    args = ["train", "glue", "--task", "sst2", "--data", str(tmp_path / "no-data"), "--model", str(tmp_path / "not-a-model"), "--no-progress"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"genomec train: {tmp_path / 'not-a-model'}: not a model directory (no config.json); train one with `genomec train mlm`"
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda model: (model / "config.json").write_text('{"model_type": "genome-bert", '), "config.json: corrupt (not JSON: "),
+        (lambda model: (model / "config.json").write_text('{"model_type": "bert"}'), "config.json: not a genome-bert model (model_type 'bert')"),
+        (lambda model: (model / "model.safetensors").write_bytes((model / "model.safetensors").read_bytes()[:5000]),
+         "model.safetensors: corrupt or truncated (Error while deserializing header"),
+        (lambda model: (model / "model.safetensors").unlink(), "no model.safetensors"),
+    ],
+    ids=["corrupt config", "foreign config", "truncated weights", "no weights"],
+)
+def test_a_damaged_model_directory_is_named_with_its_file(pretrained, tmp_path, capsys, damage, message):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(pretrained, model)
+    damage(model)
+    write_sst2(tmp_path / "glue", ["good\t1", "bad\t0"], ["fine\t1"])
+    args = ["train", "glue", "--task", "sst2", "--data", str(tmp_path / "glue"), "--model", str(model), "--steps", "1", "--no-progress"]
+    assert main(args) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"genomec train: {model}") and message in line and "tokenizer" not in line
+
+
+def test_a_model_too_large_for_memory_exits_2_naming_its_sizes(workspace, tmp_path, capsys, monkeypatch):
+    import genomec.models.training as training
+
+    def allocate(config):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:118] DefaultCPUAllocator: not enough memory: you tried to allocate 68719476736 bytes.")
+
+    monkeypatch.setattr(training, "GenomeBertForMaskedLM", allocate)
+    assert main(mlm_args(workspace, tmp_path / "out", "--steps", "2", "--hidden-size", "16384", "--num-heads", "16")) == 2
+    err = capsys.readouterr().err
+    assert ("genomec train: the model does not fit in memory (2 layers, hidden size 16384, 16 heads, intermediate size 64, "
+            "vocabulary ") in err and "choose smaller sizes" in err and "Traceback" not in err
+
+
+def test_the_default_checkpoint_interval_fits_a_short_run(workspace, tmp_path, capsys):
+    from genomec.models.training import checkpoint_interval
+
+    assert [checkpoint_interval(steps, None, 50) for steps in (1, 9, 30, 200, 10_000)] == [1, 1, 3, 20, 50]
+    assert checkpoint_interval(30, 7, 50) == 7
+    settings = MLMSettings(seq_len=16, batch_size=8, vocab_size=100)  # the default interval: 30 steps -> every 3
+    train_wordpiece(SENTENCES, vocab_size=100).save_pretrained(tmp_path / "tokenizer")
+    run = dict(corpus=workspace / "corpus.txt", tokenizer_dir=tmp_path / "tokenizer", settings=settings, progress=False)
+
+    def killed_at_step_8(step, loss):
+        if step == 8:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_mlm(workspace / "genome.json", tmp_path / "run", 30, on_step=killed_at_step_8, **run)
+    assert "starting from scratch: 30 steps, a checkpoint every 3 steps in" in capsys.readouterr().err
+    resumed = train_mlm(workspace / "genome.json", tmp_path / "run", 30, **run)
+    assert resumed["resumed_from"] == 6
+    assert "resuming from the checkpoint at step 6 of 30 (a checkpoint every 3 steps)" in capsys.readouterr().err

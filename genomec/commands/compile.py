@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 import sys
 
+from genomec.errors import UsageError
+from genomec.fileio import output_folder_problem
+
 
 def register(sub) -> None:
     p = sub.add_parser("compile", help="write fused Triton modules and manifest.json for a genome")
@@ -21,7 +24,6 @@ def register(sub) -> None:
 
 def handle(args) -> int:
     from genomec.api import distinct_graphs
-    from genomec.cli import UsageError
     from genomec.genome import load_genome
     from genomec.codegen.aot import parse_arch
     from genomec.codegen.manifest import compile_genome
@@ -33,6 +35,9 @@ def handle(args) -> int:
             raise UsageError(str(e)) from None
     if args.head_dim is not None and not 1 <= args.head_dim <= 256:
         raise UsageError(f"--head-dim {args.head_dim}: expected 1..256")
+    problem = output_folder_problem(args.output)
+    if problem:  # said before compiling, not after
+        raise UsageError(f"-o {args.output}: {problem}")
     progress = None if args.json else (lambda line: print(line, file=sys.stderr, flush=True))
     genome = load_genome(args.file)
     manifest = compile_genome(

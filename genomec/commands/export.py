@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 
+from genomec.errors import UsageError
+
 
 def register(sub) -> None:
     p = sub.add_parser("export", help="write a search candidate as a Hugging Face model directory (or its genome)")
@@ -21,7 +23,6 @@ def register(sub) -> None:
 
 
 def handle(args) -> int:
-    from genomec.cli import UsageError
     from genomec.commands.train import _quiet_libraries
     from genomec.search.export import ExportError, export_candidate
 

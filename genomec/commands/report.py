@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from genomec.errors import UsageError
+from genomec.fileio import output_file_problem
+
 
 def register(sub) -> None:
     p = sub.add_parser("report", help="write a self-contained HTML report of one or more search runs")
@@ -17,7 +20,6 @@ def register(sub) -> None:
 
 
 def handle(args) -> int:
-    from genomec.cli import UsageError
     from genomec.search.report import ReportError, write_report
 
     if args.top < 1:
@@ -27,6 +29,9 @@ def handle(args) -> int:
         raise UsageError(f"-o {out}: is a directory; name the HTML file")
     if args.out and not out.parent.is_dir():
         raise UsageError(f"-o {out}: the folder {out.parent} does not exist")
+    problem = output_file_problem(out) if args.out else None
+    if problem:  # read-only, no permission, not a regular file
+        raise UsageError(f"-o {out}: {problem}")
     try:  # every run is read before anything is drawn or written
         path = write_report([Path(run) for run in args.runs], out, top=args.top)
     except ReportError as e:

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
+
+import numpy as np
 
 from genomec.api import read_run_inputs, run_forward, run_reference, select_graph, write_npz_atomic
+from genomec.errors import UsageError
+from genomec.fileio import output_file_problem
 from genomec.genome import load_genome
 from genomec.ir import lower
 
@@ -23,11 +28,23 @@ def run_triton(compiled, arrays, grad):
     if grad and module.fused and not module.backward_fused:
         note(f"the backward of graph {compiled.hash} is outside the fused backward class "
              f"({module.backward_reason}); differentiated it through the reference executor")
-    return run_forward(module, arrays, grad)
+    # Triton's interpreter computes with NumPy, which warns on each overflow; an overflow
+    # is reported once, on the outputs (see `note_non_finite`).
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return run_forward(module, arrays, grad)
 
 
 def note(message: str) -> None:
     print(f"genomec run: {message}", file=sys.stderr)
+
+
+def note_non_finite(result: dict[str, np.ndarray]) -> None:
+    """Finite inputs can still overflow float32 inside a graph: say so, once per array."""
+    for name, a in result.items():
+        bad = int(np.count_nonzero(~np.isfinite(a)))
+        if bad:
+            note(f"'{name}' holds {bad} of {a.size} values that are NaN or infinite: the graph overflowed float32 on these inputs")
 
 
 # backend name -> fn(compiled, arrays, grad) -> {"out", and with grad "dq", "dk", "dv"}
@@ -47,10 +64,14 @@ def register(sub) -> None:
 
 
 def handle(args) -> int:
+    problem = output_file_problem(args.out)
+    if problem:
+        raise UsageError(f"--out {args.out}: {problem}")
     graph = select_graph(load_genome(args.file), args.layer)
     arrays = read_run_inputs(args.inputs, graph, args.grad)
     compiled = lower(graph)
     result = BACKENDS[args.backend](compiled, arrays, args.grad)
+    note_non_finite(result)
     write_npz_atomic(args.out, **result)
     summary = {"hash": compiled.hash, "backend": args.backend, "out": args.out, "arrays": {k: list(v.shape) for k, v in result.items()}}
     print(json.dumps(summary) if args.json else f"wrote {', '.join(result)} to {args.out} ({args.backend} backend)")

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import sys
 
+from genomec.errors import UsageError
+
 SUMMARY_KEYS = ("evaluations", "trained", "duplicates", "rejected", "failed", "best_index", "best_fitness", "wall_seconds")
 
 
@@ -26,7 +28,6 @@ def register(sub) -> None:
 
 
 def handle(args) -> int:
-    from genomec.cli import UsageError
     from genomec.data import DataError
     from genomec.search.config import ConfigError, build_config, read_config_file
     from genomec.search.rundir import RunError

@@ -7,6 +7,7 @@ import json
 from genomec.api import distinct_graphs
 from genomec.genome import load_genome
 from genomec.ir import format_ir
+from genomec.ir.draw import one_line
 
 # stage name -> how to print one GraphEntry. Later pipeline stages register here.
 STAGES = {
@@ -55,7 +56,7 @@ def register(sub) -> None:
 
 
 def handle(args) -> int:
-    from genomec.cli import UsageError
+    from genomec.errors import UsageError
 
     genome = load_genome(args.file)
     entries = distinct_graphs(genome)
@@ -70,7 +71,7 @@ def handle(args) -> int:
         print(json.dumps({"file": args.file, "stage": args.stage, "graphs": texts, "drawing": args.dot}, indent=2))
         return 0
     for item in texts:
-        print(f"# {item['title']}  hash {item['hash']}")
+        print(f"# {one_line(item['title'])}  hash {item['hash']}")
         print(item["text"])
     if args.dot:
         print(f"drew {len(entries)} graph(s) to {args.dot}")

@@ -7,8 +7,14 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 from pathlib import Path
+
+from genomec.errors import UsageError
+from genomec.fileio import output_folder_problem
+from genomec.genome import CONFIG_LIMITS, ModelGenome, load_genome
+from genomec.genome.schema import DEFAULT_CONFIG
 
 # Keys of the results printed for people (all of them go to --json, except the settings).
 MLM_SUMMARY = ("initial_loss", "final_loss", "initial_accuracy", "final_accuracy", "steps", "tokens_per_second")
@@ -29,7 +35,7 @@ def register(sub) -> None:
     mlm.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (linear warmup, then linear decay)")
     mlm.add_argument("--warmup", type=float, default=0.1, metavar="FRACTION", help="fraction of the steps spent warming up")
     mlm.add_argument("--vocab-size", type=int, default=8192, help="of a tokenizer trained here")
-    mlm.add_argument("--checkpoint-every", type=int, default=50, metavar="STEPS")
+    mlm.add_argument("--checkpoint-every", type=int, metavar="STEPS", help="default: a tenth of the steps, at most 50")
     _common(mlm)
     for size in ("hidden-size", "num-heads", "intermediate-size"):
         mlm.add_argument(f"--{size}", type=int, help="override the genome's config")
@@ -45,7 +51,7 @@ def register(sub) -> None:
     glue.add_argument("--seq-len", type=int, default=128)
     glue.add_argument("--batch-size", type=int, default=32)
     glue.add_argument("--lr", type=float, default=1e-4)
-    glue.add_argument("--checkpoint-every", type=int, default=200, metavar="STEPS")
+    glue.add_argument("--checkpoint-every", type=int, metavar="STEPS", help="default: a tenth of the steps, at most 200")
     glue.add_argument("--skip-bad-rows", action="store_true", help="skip malformed TSV rows instead of stopping")
     _common(glue)
     glue.set_defaults(handler=handle_glue)
@@ -73,20 +79,56 @@ def _quiet_libraries(command: str = "train") -> None:
         backend_log.setLevel(logging.INFO)
 
 
-def _positive(args, *names) -> None:
-    from genomec.cli import UsageError
+def _between(low, high):
+    return (lambda n: low <= n <= high), f"in {low}..{high}"
 
-    for name in names:
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+
+# option -> (test, what it must be). Every numeric option of either task is checked here,
+# before any work, and refused with exit 2 naming it; one a task lacks, or left unset, is skipped.
+OPTION_RULES = {
+    "steps": ((lambda n: n >= 1), "at least 1"),
+    "seq_len": _between(8, CONFIG_LIMITS["max_position_embeddings"]),  # [CLS], [SEP] and some text
+    "batch_size": _between(1, 65536),
+    "lr": ((lambda x: 0 < x < 1), "a positive number below 1"),  # refuses NaN and infinities too
+    "warmup": ((lambda x: 0 <= x < 1), "a fraction of the steps, in [0, 1)"),
+    "epochs": ((lambda x: 0 < x < math.inf), "a positive finite number"),
+    "vocab_size": _between(32, CONFIG_LIMITS["vocab_size"]),
+    "checkpoint_every": ((lambda n: n >= 1), "at least 1"),
+    "hidden_size": _between(1, CONFIG_LIMITS["hidden_size"]),
+    "num_heads": _between(1, CONFIG_LIMITS["num_heads"]),
+    "intermediate_size": _between(1, CONFIG_LIMITS["intermediate_size"]),
+    "seed": _between(0, 2**32 - 1),
+}
+
+
+def check_options(args) -> None:
+    for name, (ok, what) in OPTION_RULES.items():
+        value = getattr(args, name, None)
+        if value is not None and not ok(value):
+            raise UsageError(f"--{name.replace('_', '-')} must be {what}, got {value}")
+    if getattr(args, "out", None):
+        problem = output_folder_problem(args.out)
+        if problem:
+            raise UsageError(f"--out {args.out}: {problem}")
+
+
+def check_model_sizes(args) -> None:
+    """The sizes given on the command line with the genome's own: heads that divide the
+    hidden size, sequences its position embeddings hold. A bad genome file is named here."""
+    genome = load_genome(args.genome)
+    config = genome.config if isinstance(genome, ModelGenome) else DEFAULT_CONFIG
+    hidden, heads = args.hidden_size or config["hidden_size"], args.num_heads or config["num_heads"]
+    if hidden % heads:
+        raise UsageError(f"hidden size {hidden} is not divisible by {heads} heads (from --hidden-size, --num-heads or {args.genome})")
+    if args.seq_len > config["max_position_embeddings"]:
+        raise UsageError(f"--seq-len {args.seq_len} exceeds max_position_embeddings {config['max_position_embeddings']} of {args.genome}")
 
 
 def handle_mlm(args) -> int:
-    from genomec.cli import UsageError
     from genomec.data import DataError
 
-    _positive(args, "steps", "seq_len", "batch_size", "vocab_size", "checkpoint_every", "hidden_size", "num_heads", "intermediate_size")
+    check_options(args)
+    check_model_sizes(args)
     _quiet_libraries()
     from genomec.models.training import MLMSettings, train_mlm
 
@@ -112,12 +154,9 @@ def handle_mlm(args) -> int:
 
 
 def handle_glue(args) -> int:
-    from genomec.cli import UsageError
     from genomec.data import DataError
 
-    _positive(args, "steps", "seq_len", "batch_size", "checkpoint_every")
-    if args.epochs <= 0:
-        raise UsageError(f"--epochs must be positive, got {args.epochs}")
+    check_options(args)
     _quiet_libraries()
     from genomec.models.training import GlueSettings, train_glue
 
