@@ -60,6 +60,9 @@ class GenomeBertConfig(PretrainedConfig):
     `attention_backend` is "auto" (compiled Triton kernels on CUDA when available, the
     reference executor elsewhere), "reference" or "triton". `attention_probs_dropout_prob`
     is kept for compatibility: a genome's graph has no probability matrix to drop out.
+    `num_attention_heads` is transformers' name for `num_heads` (argument and attribute).
+    Sizes are checked here except that hidden_size splits into num_heads heads, which a
+    model checks when it is built (as transformers' models do).
     """
 
     model_type = "genome-bert"
@@ -86,7 +89,7 @@ class GenomeBertConfig(PretrainedConfig):
         tie_word_embeddings: bool = True,
         **kwargs,
     ):
-        kwargs.pop("num_attention_heads", None)  # an alias of num_heads (attribute_map)
+        num_heads = _resolve_alias(num_heads, kwargs.pop("num_attention_heads", None))
         model_genome = as_model_genome(genome, num_hidden_layers)
         explicit = {
             "vocab_size": vocab_size, "hidden_size": hidden_size, "num_heads": num_heads,
@@ -117,14 +120,24 @@ class GenomeBertConfig(PretrainedConfig):
         return parse_genome(self.genome)
 
 
+def _resolve_alias(num_heads, num_attention_heads):
+    """`num_attention_heads` is transformers' name for `num_heads` (attribute_map): either
+    may be given, both only if they agree."""
+    if num_attention_heads is None:
+        return num_heads
+    if num_heads is not None and num_heads != num_attention_heads:
+        raise GenomeError(f"config: num_heads {num_heads} and its alias num_attention_heads {num_attention_heads} disagree")
+    return num_attention_heads
+
+
 def _check_sizes(sizes: dict, genome: ModelGenome) -> None:
+    """What a config can check alone. That hidden_size splits into num_heads heads is
+    checked when a model is built (`check_heads`), as transformers' own models do."""
     problems = []
     for key in ("vocab_size", "hidden_size", "num_heads", "intermediate_size", "max_position_embeddings", "type_vocab_size"):
         value = sizes[key]
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             problems.append(f"config: '{key}' must be a positive integer, got {value!r}")
-    if not problems and sizes["hidden_size"] % sizes["num_heads"]:
-        problems.append(f"config: hidden_size {sizes['hidden_size']} is not a multiple of num_heads {sizes['num_heads']}")
     for index, layer in enumerate(genome.layers):
         size = getattr(layer, "kernel_size", None)
         if size is not None and size > sizes["max_kernel_size"]:

@@ -8,10 +8,19 @@
 Padding (attention_mask 0) never changes a real token's output, wherever the padded
 tokens are: attention graphs run with the executor's delete-the-padded-tokens semantics,
 convolutions run on the real tokens moved together, and position ids count real tokens
-only. Everything else is per token.
+only. Everything else is per token. A given mask is always applied, all ones or not: no
+branch depends on its values, so the models export (`torch.export`) and never wait on the
+device to look at a mask.
+
+Hugging Face conventions: `output_hidden_states`, `output_attentions` and `return_dict`
+left None fall back to the config. A genome's graph has no probability matrix, so
+`output_attentions=True` gives one None per layer (as transformers' SDPA attention does).
+Gradient checkpointing (`gradient_checkpointing_enable()`) recomputes each layer.
 """
 
 from __future__ import annotations
+
+import logging
 
 import torch
 import transformers
@@ -19,7 +28,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPooling, MaskedLMOutput, SequenceClassifierOutput
 
-from genomec.genome import AttentionGenome, AttentionLayer, ConvLayer
+from genomec.genome import AttentionGenome, AttentionLayer, ConvLayer, GenomeError
 from genomec.ir import lower
 
 from .attention_backend import attention_function
@@ -31,6 +40,8 @@ except ImportError:  # transformers 4: weights are initialised before loading
     from torch.nn import init
 
 TRANSFORMERS_MAJOR = int(transformers.__version__.split(".")[0])
+
+logger = logging.getLogger("genomec.models")
 
 
 # -- embeddings --------------------------------------------------------------------------------
@@ -179,7 +190,14 @@ def init_bert_weights(module: nn.Module, std: float) -> None:
 class GenomeBertPreTrainedModel(PreTrainedModel):
     config_class = GenomeBertConfig
     base_model_prefix = "genome_bert"
-    supports_gradient_checkpointing = False
+    supports_gradient_checkpointing = True
+    # The genome's graph is the attention: transformers' attention implementations (SDPA,
+    # flash, flex, the attention-backend interface) never run, so the config stays "eager".
+    _supports_sdpa = False
+    _supports_flash_attn = False  # transformers 5
+    _supports_flash_attn_2 = False  # transformers 4
+    _supports_flex_attn = False
+    _supports_attention_backend = False
 
     def _init_weights(self, module):
         init_bert_weights(module, self.config.initializer_range)
@@ -191,23 +209,55 @@ class GenomeBertPreTrainedModel(PreTrainedModel):
             if isinstance(module, GenomeAttention):
                 module.set_backend(backend)
 
-    def _return_dict(self, return_dict):
-        return return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
+    def _output_options(self, output_attentions, output_hidden_states, return_dict) -> tuple[bool, bool, bool]:
+        """The forward arguments, each falling back to the config when None (as in every
+        transformers model)."""
+        config = self.config
+        return (
+            output_attentions if output_attentions is not None else bool(getattr(config, "output_attentions", False)),
+            output_hidden_states if output_hidden_states is not None else bool(getattr(config, "output_hidden_states", False)),
+            return_dict if return_dict is not None else getattr(config, "return_dict", True),
+        )
+
+
+_no_attention_maps_logged = False
+
+
+def _no_attention_maps(num_layers: int) -> tuple[None, ...]:
+    """What `output_attentions=True` returns: one None per layer. A genome's graph (and a
+    conv layer) has no [N, N] probability matrix to return; transformers' SDPA attention
+    answers the same way."""
+    global _no_attention_maps_logged
+    if not _no_attention_maps_logged:
+        _no_attention_maps_logged = True
+        logger.warning("output_attentions: genome layers have no attention probabilities; attentions are None per layer")
+    return (None,) * num_layers
 
 
 def _real_tokens(attention_mask, like: torch.Tensor) -> torch.Tensor | None:
-    """attention_mask (1 = real) -> bool [B, N], or None when every token is real."""
+    """attention_mask (1 = real) -> bool [B, N]; None without a mask. An all-ones mask is
+    applied like any other (equal to no mask up to rounding): looking at its values would
+    be a data-dependent branch, which `torch.export` refuses and which syncs the device."""
     if attention_mask is None:
         return None
-    real = attention_mask.to(device=like.device, dtype=torch.bool)
-    return None if bool(real.all()) else real
+    return attention_mask.to(device=like.device, dtype=torch.bool)
+
+
+def check_heads(config: GenomeBertConfig) -> None:
+    """hidden_size must split into num_heads heads; checked when a model is built (a config
+    accepts any sizes, as transformers' configs do)."""
+    if config.hidden_size % config.num_heads:
+        raise GenomeError(f"config: hidden_size {config.hidden_size} is not a multiple of num_heads {config.num_heads}")
 
 
 class GenomeBertModel(GenomeBertPreTrainedModel):
     """The encoder: embeddings and the genome's layers; `pooler_output` is the first real
     token through Linear + tanh (as BERT's pooler) when `add_pooling_layer`."""
 
+    gradient_checkpointing = False  # set by gradient_checkpointing_enable(), with _gradient_checkpointing_func
+
     def __init__(self, config: GenomeBertConfig, add_pooling_layer: bool = True):
+        check_heads(config)
         super().__init__(config)
         self.embeddings = GenomeBertEmbeddings(config)
         self.layers = nn.ModuleList(GenomeBertLayer(config, layer) for layer in config.model_genome.layers)
@@ -227,27 +277,36 @@ class GenomeBertModel(GenomeBertPreTrainedModel):
         token_type_ids=None,
         position_ids=None,
         inputs_embeds=None,
+        output_attentions=None,
         output_hidden_states=None,
         return_dict=None,
     ):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("give exactly one of input_ids and inputs_embeds")
+        output_attentions, output_hidden_states, return_dict = self._output_options(
+            output_attentions, output_hidden_states, return_dict
+        )
         like = input_ids if input_ids is not None else inputs_embeds
         real = _real_tokens(attention_mask, like)
         x = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds, real=real)
         all_hidden = [x] if output_hidden_states else None
+        checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for layer in self.layers:
-            x = layer(x, real)
+            # x positional: reentrant checkpointing only sees gradients of positional tensors
+            x = self._gradient_checkpointing_func(layer.__call__, x, real) if checkpointing else layer(x, real)
             if all_hidden is not None:
                 all_hidden.append(x)
         pooled = None
         if self.pooler is not None:
             first_real = torch.zeros(x.shape[0], dtype=torch.long, device=x.device) if real is None else real.long().argmax(dim=1)
             pooled = torch.tanh(self.pooler(x[torch.arange(x.shape[0], device=x.device), first_real]))
-        hidden_states = tuple(all_hidden) if all_hidden is not None else None
-        if not self._return_dict(return_dict):
-            return tuple(t for t in (x, pooled, hidden_states) if t is not None)
-        return BaseModelOutputWithPooling(last_hidden_state=x, pooler_output=pooled, hidden_states=hidden_states)
+        output = BaseModelOutputWithPooling(
+            last_hidden_state=x,
+            pooler_output=pooled,
+            hidden_states=tuple(all_hidden) if all_hidden is not None else None,
+            attentions=_no_attention_maps(len(self.layers)) if output_attentions else None,
+        )
+        return output if return_dict else output.to_tuple()
 
 
 class MaskedLMHead(nn.Module):
@@ -290,21 +349,23 @@ class GenomeBertForMaskedLM(GenomeBertPreTrainedModel):
         position_ids=None,
         inputs_embeds=None,
         labels=None,
+        output_attentions=None,
         output_hidden_states=None,
         return_dict=None,
     ):
+        output_attentions, output_hidden_states, return_dict = self._output_options(
+            output_attentions, output_hidden_states, return_dict
+        )
         outputs = self.genome_bert(
             input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
-            output_hidden_states=output_hidden_states, return_dict=True,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
         )
         logits = self.lm_head(outputs.last_hidden_state)
         loss = None
         if labels is not None:  # -100 marks tokens that are not predicted
             loss = nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1), ignore_index=-100)
-        if not self._return_dict(return_dict):
-            rest = (logits,) + ((outputs.hidden_states,) if outputs.hidden_states is not None else ())
-            return ((loss,) + rest) if loss is not None else rest
-        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        output = MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions)
+        return output if return_dict else output.to_tuple()
 
 
 class GenomeBertForSequenceClassification(GenomeBertPreTrainedModel):
@@ -328,12 +389,16 @@ class GenomeBertForSequenceClassification(GenomeBertPreTrainedModel):
         position_ids=None,
         inputs_embeds=None,
         labels=None,
+        output_attentions=None,
         output_hidden_states=None,
         return_dict=None,
     ):
+        output_attentions, output_hidden_states, return_dict = self._output_options(
+            output_attentions, output_hidden_states, return_dict
+        )
         outputs = self.genome_bert(
             input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
-            output_hidden_states=output_hidden_states, return_dict=True,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
         )
         logits = self.classifier(self.dropout(outputs.pooler_output))
         loss = None
@@ -346,7 +411,7 @@ class GenomeBertForSequenceClassification(GenomeBertPreTrainedModel):
                 loss = nn.functional.cross_entropy(logits, labels.view(-1))
             else:  # multi_label_classification
                 loss = nn.functional.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
-        if not self._return_dict(return_dict):
-            rest = (logits,) + ((outputs.hidden_states,) if outputs.hidden_states is not None else ())
-            return ((loss,) + rest) if loss is not None else rest
-        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        output = SequenceClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+        return output if return_dict else output.to_tuple()

@@ -113,7 +113,6 @@ def test_a_bare_attention_graph_builds_a_stack_of_that_graph():
 @pytest.mark.parametrize(
     "arguments, message",
     [
-        ({"hidden_size": 30, "num_heads": 4}, "not a multiple of num_heads"),
         ({"vocab_size": 0}, "'vocab_size' must be a positive integer"),
         ({"max_kernel_size": 7}, "kernel_size 9 exceeds max_kernel_size 7"),
         ({"attention_backend": "cuda"}, "attention_backend must be one of"),
@@ -122,6 +121,141 @@ def test_a_bare_attention_graph_builds_a_stack_of_that_graph():
 def test_bad_sizes_are_genome_errors(arguments, message):
     with pytest.raises(GenomeError, match=message):
         GenomeBertConfig(genome=HYBRID, **arguments)
+
+
+def test_heads_that_do_not_split_hidden_size_are_refused_by_the_model_not_the_config():
+    """As in transformers: a config accepts any sizes, a model refuses what it cannot build."""
+    config = GenomeBertConfig(genome=HYBRID, hidden_size=30, num_heads=4)
+    assert (config.hidden_size, config.num_heads) == (30, 4)
+    for model_class in (GenomeBertModel, GenomeBertForMaskedLM, GenomeBertForSequenceClassification):
+        with pytest.raises(GenomeError, match="config: hidden_size 30 is not a multiple of num_heads 4"):
+            model_class(config)
+
+
+def test_num_attention_heads_is_an_alias_of_num_heads():
+    from transformers import AutoConfig
+
+    config = GenomeBertConfig(genome=HYBRID, num_attention_heads=4)
+    assert (config.num_heads, config.num_attention_heads) == (4, 4)
+    assert GenomeBertModel(config).layers[1].mixer.head_dim == 4  # hidden 16 over 4 heads
+    config.num_attention_heads = 8
+    assert config.num_heads == 8 and "num_attention_heads" not in config.to_dict()
+    assert GenomeBertConfig.from_dict(config.to_dict()).num_attention_heads == 8
+    assert GenomeBertConfig(genome=HYBRID, num_heads=4, num_attention_heads=4).num_heads == 4
+    with pytest.raises(GenomeError, match="num_heads 2 and its alias num_attention_heads 4 disagree"):
+        GenomeBertConfig(genome=HYBRID, num_heads=2, num_attention_heads=4)
+    through_auto = AutoConfig.for_model("genome-bert", num_attention_heads=16)
+    assert type(through_auto) is GenomeBertConfig and through_auto.num_heads == 16
+
+
+# -- Hugging Face forward conventions ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("model_class", [GenomeBertModel, GenomeBertForMaskedLM, GenomeBertForSequenceClassification])
+def test_output_options_fall_back_to_the_config(model_class):
+    torch.manual_seed(0)
+    model = model_class(tiny_config()).eval()
+    ids = torch.randint(5, 60, (2, 7))
+    assert model(ids).hidden_states is None and model(ids).attentions is None
+    model.config.output_hidden_states = True
+    hidden = model(ids).hidden_states
+    assert len(hidden) == 1 + len(HYBRID["layers"]) and hidden[0].shape == (2, 7, 16)
+    assert model(ids, output_hidden_states=False).hidden_states is None  # an argument beats the config
+    model.config.output_attentions = True
+    assert model(ids).attentions == (None,) * len(HYBRID["layers"])
+    model.config.return_dict = False
+    as_tuple = model(ids)
+    assert isinstance(as_tuple, tuple) and as_tuple[-1] == (None,) * len(HYBRID["layers"])
+    assert all(torch.equal(a, b) for a, b in zip(as_tuple[-2], hidden, strict=True))
+    assert not isinstance(model(ids, return_dict=True), tuple)
+
+
+def test_output_attentions_gives_none_per_layer_and_says_why(caplog):
+    """A genome's graph has no probability matrix: attentions are one None per layer (as
+    transformers' SDPA attention answers), in the output object and in the tuple."""
+    from genomec.models import modeling
+
+    torch.manual_seed(0)
+    model = GenomeBertForMaskedLM(tiny_config()).eval()
+    ids = torch.randint(5, 60, (2, 7))
+    modeling._no_attention_maps_logged = False
+    with caplog.at_level(logging.WARNING, logger="genomec.models"):
+        out = model(ids, output_attentions=True)
+        model(ids, output_attentions=True)
+    assert out.attentions == (None,) * len(HYBRID["layers"])
+    assert caplog.text.count("no attention probabilities") == 1
+    logits, attentions = model(ids, output_attentions=True, return_dict=False)
+    assert torch.equal(logits, out.logits) and attentions == out.attentions
+    assert model.config._attn_implementation in (None, "eager")  # transformers' attention kernels never run
+
+
+# -- torch.export: no branch on the mask's values ----------------------------------------------------
+
+
+def test_an_all_ones_mask_equals_no_mask():
+    torch.manual_seed(0)
+    model = GenomeBertForSequenceClassification(tiny_config(num_labels=3)).double().eval()
+    ids = torch.randint(5, 60, (3, 11))
+    unmasked = model(ids, output_hidden_states=True)
+    masked = model(ids, attention_mask=torch.ones_like(ids), output_hidden_states=True)
+    for a, b in zip(unmasked.hidden_states + (unmasked.logits,), masked.hidden_states + (masked.logits,)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("with_mask", [False, True], ids=["no-mask", "mask"])
+def test_exported_program_matches_eager(with_mask):
+    """`torch.export` (non-strict: the reference executor is Python over the IR graph) traces
+    the encoder; exported with an all-ones mask it must still honour any other mask."""
+    torch.manual_seed(0)
+    model = GenomeBertModel(tiny_config()).double().eval()
+    ids = torch.randint(5, 60, (3, 11))
+    mask = torch.ones_like(ids)
+    kwargs = {"attention_mask": mask} if with_mask else {}
+    exported = torch.export.export(model, (ids,), kwargs=kwargs, strict=False).module()
+    out, expected = exported(ids, **kwargs), model(ids, **kwargs)
+    torch.testing.assert_close(out.last_hidden_state, expected.last_hidden_state, rtol=0, atol=1e-12)
+    torch.testing.assert_close(out.pooler_output, expected.pooler_output, rtol=0, atol=1e-12)
+    if with_mask:  # the mask is an input of the program, not a constant folded into it
+        padded = mask.clone()
+        padded[0, 7:], padded[2, :3] = 0, 0
+        out, expected = exported(ids, attention_mask=padded), model(ids, attention_mask=padded)
+        torch.testing.assert_close(out.last_hidden_state, expected.last_hidden_state, rtol=0, atol=1e-12)
+        torch.testing.assert_close(out.pooler_output, expected.pooler_output, rtol=0, atol=1e-12)
+
+
+# -- gradient checkpointing -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("use_reentrant", [False, True])
+def test_gradient_checkpointing_gives_the_same_gradients(use_reentrant):
+    import warnings
+
+    def gradients(checkpointing: bool):
+        torch.manual_seed(0)
+        model = GenomeBertForMaskedLM(GenomeBertConfig(genome=HYBRID, hidden_dropout_prob=0.1)).double().train()
+        assert model.supports_gradient_checkpointing
+        if checkpointing:
+            with warnings.catch_warnings():  # transformers 5 renames it activation_checkpointing_enable
+                warnings.simplefilter("ignore", FutureWarning)
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": use_reentrant})
+            assert model.genome_bert.gradient_checkpointing
+        calls = []
+        for layer in model.genome_bert.layers:
+            layer.register_forward_pre_hook(lambda *_: calls.append(1))  # pre: a recompute may stop early
+        ids = torch.randint(5, 60, (3, 11), generator=torch.Generator().manual_seed(1))
+        mask = torch.ones_like(ids)
+        mask[0, 8:], mask[2, 2:5] = 0, 0
+        labels = torch.where(torch.rand(ids.shape, generator=torch.Generator().manual_seed(2)) < 0.3, ids, -100)
+        torch.manual_seed(3)  # the same dropout draws in both runs (checkpointing replays them)
+        model(ids, attention_mask=mask, labels=labels).loss.backward()
+        return {n: p.grad for n, p in model.named_parameters() if p.grad is not None}, len(calls)
+
+    plain, plain_calls = gradients(checkpointing=False)
+    checkpointed, checkpointed_calls = gradients(checkpointing=True)
+    assert checkpointed_calls == 2 * plain_calls == 2 * len(HYBRID["layers"])  # every layer ran again in backward
+    assert plain.keys() == checkpointed.keys() and len(plain) > 20
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], rtol=0, atol=1e-12, msg=name)
 
 
 # -- save / load round trip through the Auto classes ------------------------------------------------
