@@ -8,6 +8,8 @@ operand digests) that orders nodes deterministically and independently of their 
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 from dataclasses import dataclass
 
 import networkx as nx
@@ -44,7 +46,7 @@ class Node:
     def __str__(self) -> str:
         if self.op == INPUT_OP:
             return f"input {self.input}"
-        return f"{self.op}({', '.join(self.operands)})"
+        return f"{self.op}({', '.join(format_id(o) for o in self.operands)})"
 
 
 def _digest(op: str, input_name: str | None, operand_digests) -> str:
@@ -186,18 +188,33 @@ def rebuild(ir: IR, rename=None) -> IR:
 
 # -- printing --------------------------------------------------------------------------
 
+# Ids printed as they are: word characters, dots, dashes and primes. Anything else (spaces,
+# commas, brackets, quotes, backslashes, line breaks, ...) could break the one-line-per-node
+# layout or make `op(a, b)` ambiguous, so such an id is printed as a JSON string literal.
+_PLAIN_ID = re.compile(r"[\w.'-]+")
+
+
+def format_id(node_id: str) -> str:
+    """A node id as the printers show it: bare when plain, else a JSON string literal with
+    every quote, backslash and non-printable character escaped (so always one line, and
+    `json.loads` gives the id back)."""
+    if _PLAIN_ID.fullmatch(node_id) and node_id.isprintable():
+        return node_id
+    body = "".join(c if c.isprintable() and c not in '"\\' else json.dumps(c)[1:-1] for c in node_id)
+    return f'"{body}"'
+
 
 def format_ir(ir: IR) -> str:
     """The canonical text form: one line per node in deterministic order."""
     header = f"graph({', '.join(ir.inputs)})" + (" causal" if ir.causal else "")
     lines = [header]
-    width = max((len(f"{i} = {n}") for i, n in ir.nodes() if n.op != INPUT_OP), default=0)
+    width = max((len(f"{format_id(i)} = {n}") for i, n in ir.nodes() if n.op != INPUT_OP), default=0)
     for node_id, node in ir.nodes():
         if node.op == INPUT_OP:
             continue
-        lhs = f"{node_id} = {node}"
+        lhs = f"{format_id(node_id)} = {node}"
         lines.append(f"  {lhs:<{width}}  : {format_shape(node.shape)} {node.space}")
-    lines.append(f"  return {ir.output}")
+    lines.append(f"  return {format_id(ir.output)}")
     return "\n".join(lines)
 
 
