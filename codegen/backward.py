@@ -67,6 +67,7 @@ COLUMN_ROWS_KERNEL = "attention_bwd_column_rows"
 GLOBAL_BACKWARD_KERNELS = ("attention_bwd_global", "attention_bwd_query_rows", "attention_bwd_state_rows")
 BACKWARD_CONSTEXPRS = (
     "HEAD_DIM", "HEAD_DIM_PAD", "HEAD_SCALE", "BLOCK_M", "BLOCK_N", "HAS_MASK", "IS_CAUSAL", "DOT_DTYPE", "DOT_PRECISION",
+    "STABLE_SOFTMAX_GRAD",
 )
 # Pointer parameters in the order kernels take them (a kernel takes those its body reads).
 POINTERS = (
@@ -324,7 +325,7 @@ class _Backprop:
             g = grad(node_id, rows)
             operand_rows = [self.emitter.rows_of(o, rows) for o in node.operands]
             if node.op == "softmax" and node.space == PAIR_SPACE:  # over keys
-                self.add(node.operands[0], PAIR, f"tl.where(keep, {var(node_id, PAIR)} * ({g} - {node_id}_delta[:, None]), 0.0)")
+                self._key_softmax(node_id, g)
             elif node.op == "softmax" and node.shape[1] == TOKENS:  # over tokens, per head-dim column
                 self.add(node.operands[0], rows, self._column_softmax(node_id, rows, g))
             elif node.op == "softmax":  # over the head dim, per row
@@ -337,6 +338,20 @@ class _Backprop:
                 values = dict(zip("xy", (var(o, r) for o, r in zip(node.operands, operand_rows))))
                 for operand, r, rule in zip(node.operands, operand_rows, OPS[node.op].triton_vjp):
                     self.add(operand, r, "(" + rule.format(out=var(node_id, rows), grad=g, **values) + ")")
+
+    def _key_softmax(self, node_id: str, g: str) -> None:
+        """dS = P * (dP - delta); with fp32 inputs, minus the row's other terms at the row's
+        largest score (template.STAR_*: the plain formula cancels there)."""
+        operand = self.ir.node(node_id).operands[0]
+        plain = f"tl.where(keep, {var(node_id, PAIR)} * ({g} - {node_id}_delta[:, None]), 0.0)"
+        if self.has(operand, PAIR):  # a second share of the operand's cotangent: the fix on its own first
+            ds = f"{node_id}_dz"
+            self.lines.append(f"{ds} = {plain}")
+            self.lines += _static_if("STABLE_SOFTMAX_GRAD", [T.STAR_APPLY.format(g=ds, s=node_id)])
+            self.add(operand, PAIR, ds)
+        else:
+            self.add(operand, PAIR, plain)
+            self.lines += _static_if("STABLE_SOFTMAX_GRAD", [T.STAR_APPLY.format(g=grad(operand, PAIR), s=node_id)])
 
     def _column_softmax(self, node_id: str, rows: str, g: str) -> str:
         # P = softmax over the real tokens n of each column c: dX = P * (dP - delta_c). dP
@@ -416,8 +431,28 @@ def _statistics_loads(plan: BackwardSchedule, with_delta: bool) -> list[str]:
     count = len(plan.softmaxes)
     lines = [T.LOAD_LSE.format(s=s, index=i, count=count) for i, s in enumerate(plan.softmaxes)]
     if with_delta:
-        lines += [T.LOAD_DELTA.format(s=s, index=i, count=count) for i, s in enumerate(plan.softmaxes)]
+        lines += [T.LOAD_DELTA.format(s=s, **_row_stat(plan, s)) for s in plan.softmaxes]
+        lines += _static_if("STABLE_SOFTMAX_GRAD", [T.STAR_LOAD.format(s=s, **_star_offsets(plan, s)) for s in plan.softmaxes])
     return lines
+
+
+def _row_stat(plan: BackwardSchedule, softmax: str) -> dict:
+    """Index and count of a softmax over keys in the row statistics (delta) buffer."""
+    return dict(index=plan.softmaxes.index(softmax), count=len(plan.softmaxes))
+
+
+def _star_offsets(plan: BackwardSchedule, softmax: str) -> dict:
+    """Where j* and dS at j* of each query row go (template.STAR_*): the second and third
+    regions of the delta buffer, after every (batch, head)'s deltas (grid axis 1 counts
+    the (batch, head) pairs), so that delta's own offsets stay as short as they were."""
+    rows = T.ROW_STAT_OFFSETS.format(**_row_stat(plan, softmax))
+    region = f"tl.num_programs(1) * {len(plan.softmaxes)} * seq_len"
+    return dict(jstar_offsets=f"{region} + {rows}", dstar_offsets=f"2 * {region} + {rows}")
+
+
+def _static_if(flag: str, lines: list[str]) -> list[str]:
+    """Lines that run only when the constexpr `flag` is set (compiled away otherwise)."""
+    return [f"if {flag}:", _indent(lines, 4)] if lines else []
 
 
 def _pair_backprop(ir: IR, emitter: Emitter, plan: BackwardSchedule, stop=lambda n: False) -> _Backprop:
@@ -475,43 +510,59 @@ def _prepare_kernel(sched: Schedule, plan: BackwardSchedule) -> str:
     query_values += _emit_all(emitter, plan.query_values, QUERY)
     body = [_indent(lines, 4)]
 
-    softmax_count = len(plan.softmaxes)
     if plan.online:  # delta = sum_m rowsum(dc_m * c_m): the contractions are linear in P
         s = plan.online
         terms = " + ".join(f"tl.sum(tl.where(dim_ok, {grad(c, QUERY)} * {var(c, QUERY)}, 0.0), 1)" for c in plan.contractions)
         body.append(_indent(["# -- softmax row term: delta = sum_j P dP = rowsum(dc * c) --", f"{s}_delta = {terms}",
-                             T.STORE_DELTA.format(s=s, index=0, count=softmax_count)], 4))
-    elif plan.softmaxes:  # delta = sum_j P_ij dP_ij over the key blocks, one pass per nesting level
-        # A softmax of a softmax: dP of the inner one comes back through the outer one, which
-        # needs the outer delta, so the passes go from the outermost level (nearest the
-        # contractions) in, each back through the levels already done.
-        key_values = _emit_all(emitter, plan.key_values, KEY)
-        pair_values = _emit_all(emitter, plan.pair_values, PAIR)
-        init = _statistics_loads(plan, False)
-        levels = plan.softmax_levels
-        for depth in reversed(range(len(levels))):
-            level = levels[depth]
-            below = _downstream_of(ir, level, plan.pair_values)
-            pair = _pair_backprop(ir, emitter, plan, stop=lambda n: n not in below or n in level)
-            update = [T.DELTA_UPDATE.format(s=s, p=var(s, PAIR)) for s in level if pair.has(s, PAIR)]
-            title = "pass over key blocks: softmax row terms delta = sum_j P dP"
-            if len(levels) > 1:
-                title += f" (nesting level {depth + 1}: {', '.join(level)})"
-            body.append(
-                T.BACKWARD_KEY_LOOP.format(
-                    title=title,
-                    init=_indent(init + [T.DELTA_INIT.format(s=s) for s in level], 4),
-                    key_values=_indent(key_values, 8),
-                    pair_values=_indent(pair_values, 8),
-                    pair_grads=_indent(pair.lines, 8),
-                    update_title="accumulate delta",
-                    update=_indent(update, 8),
-                    finish=_indent([T.STORE_DELTA.format(s=s, index=plan.softmaxes.index(s), count=softmax_count) for s in level], 4),
-                )
-            )
-            init = []
+                             T.STORE_DELTA.format(s=s, **_row_stat(plan, s))], 4))
+    if plan.softmaxes:
+        body += _softmax_passes(ir, emitter, plan)
     return T.BACKWARD_QUERY_PROGRAM.format(name="attention_bwd_prepare", params="{params}",
                                            query_values=_indent(query_values, 4), body="\n".join(body))
+
+
+def _softmax_passes(ir: IR, emitter: Emitter, plan: BackwardSchedule) -> list[str]:
+    """Prepare's passes over key blocks, one per nesting level of the softmaxes over keys:
+    delta = sum_j P_ij dP_ij (unless the online softmax has it already) and, with fp32
+    inputs, the row's dominant key j* and dS there (template.STAR_*).
+
+    A softmax of a softmax: dP of the inner one comes back through the outer one, which
+    needs the outer delta (and dS at j*), so the passes go from the outermost level
+    (nearest the contractions) in, each back through the levels already done."""
+    key_values = _emit_all(emitter, plan.key_values, KEY)
+    pair_values = _emit_all(emitter, plan.pair_values, PAIR)
+    init = _statistics_loads(plan, False)
+    levels = plan.softmax_levels or (plan.softmaxes,)  # an online softmax has no statistics pass
+    passes = []
+    for depth in reversed(range(len(levels))):
+        level = levels[depth]
+        below = _downstream_of(ir, level, plan.pair_values)
+        pair = _pair_backprop(ir, emitter, plan, stop=lambda n: n not in below or n in level)
+        reached = [s for s in level if pair.has(s, PAIR)]  # the others' dP is 0
+        sums = [s for s in level if s != plan.online]  # delta still to be summed here
+        # a pass that only finds j* (the online softmax's delta is known) runs for fp32 only
+        stable = (lambda lines: _static_if("STABLE_SOFTMAX_GRAD", lines)) if sums else (lambda lines: lines)
+        stars = [T.STAR_UPDATE.format(s=s, z=var(ir.node(s).operands[0], PAIR), p=var(s, PAIR)) for s in reached]
+        finish = [T.STORE_DELTA.format(s=s, **_row_stat(plan, s)) for s in sums]
+        finish += stable([T.STAR_FINISH.format(s=s, **_star_offsets(plan, s)) for s in level])
+        title = "pass over key blocks: softmax row terms delta = sum_j P dP, and dS at the largest score"
+        if not sums:
+            title = "pass over key blocks: dS at each row's largest score"
+        if len(levels) > 1:
+            title += f" (nesting level {depth + 1}: {', '.join(level)})"
+        loop = T.BACKWARD_KEY_LOOP.format(
+            title=title,
+            init=_indent(init + [T.DELTA_INIT.format(s=s) for s in sums] + stable([T.STAR_INIT.format(s=s) for s in level]), 4),
+            key_values=_indent(key_values, 8),
+            pair_values=_indent(pair_values, 8),
+            pair_grads=_indent(pair.lines, 8),
+            update_title="accumulate delta, and the terms beside the largest score" if sums else "the terms beside the largest score",
+            update=_indent([T.DELTA_UPDATE.format(s=s, p=var(s, PAIR)) for s in sums if s in reached] + stable(stars), 8),
+            finish=_indent(finish, 4),
+        )
+        passes.append(loop if sums else "\n    if STABLE_SOFTMAX_GRAD:\n" + _indent([loop.lstrip("\n")], 4))
+        init = []
+    return passes
 
 
 def _downstream_of(ir: IR, roots, nodes) -> set[str]:

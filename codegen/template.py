@@ -327,6 +327,53 @@ GRAD_ACCUMULATOR_INIT = "acc_d{x} = tl.zeros([{rows}, HEAD_DIM_PAD], tl.float32)
 DELTA_INIT = "{s}_delta = tl.zeros([BLOCK_M], tl.float32)"
 DELTA_UPDATE = "{s}_delta += tl.sum({p} * d{p}, 1)"
 
+# -- the softmax gradient where one key dominates (STABLE_SOFTMAX_GRAD, fp32 inputs) ----------
+#
+# dS = P * (dP - delta) cancels at a row's largest score when its softmax saturates
+# (P_ij* near 1, delta near dP_ij*): with fp32 rounding of dP and delta (about eps |dP|)
+# the result, itself about (1 - P_ij*) |dP|, loses most of its digits. Unscaled scores of a
+# value with itself (x x^T, |x|^2 about d on the diagonal) saturate on every row. The rows
+# of dS sum to 0 exactly, so the dominant entry is taken as minus the sum of the others,
+# which are small and keep their digits: prepare finds j* (the row's first largest score)
+# in a pass over keys, sums a = sum_{j != j*} P dP and b = sum_{j != j*} P, and stores
+# j* and dS_ij* = -(a - delta b) beside delta; the key-pass kernels put that value in at j*.
+# Half-precision inputs keep the plain formula: their own rounding is far larger.
+# The row statistics buffer holds three regions: every softmax's delta, j* (as a float)
+# and dS_ij* (backward._star_offsets).
+ROW_STAT_ROWS = 3
+STAR_INIT = """\
+{s}_zmax = tl.full([BLOCK_M], float("-inf"), tl.float32)
+{s}_jstar = tl.full([BLOCK_M], -1, tl.int32)
+{s}_pstar = tl.zeros([BLOCK_M], tl.float32)
+{s}_gstar = tl.zeros([BLOCK_M], tl.float32)
+{s}_a = tl.zeros([BLOCK_M], tl.float32)
+{s}_b = tl.zeros([BLOCK_M], tl.float32)"""
+# This block's largest score per row (first index) is the new j* when it beats the running
+# one; the one it displaces, or else the block's, joins the sums.
+STAR_UPDATE = """\
+{s}_zb = tl.where(keep, {z}, float("-inf"))
+{s}_bmax = tl.max({s}_zb, 1)
+{s}_bj = key_start + tl.argmax({s}_zb, 1).to(tl.int32)
+{s}_hit = (offs_n[None, :] == {s}_bj[:, None]) & keep
+{s}_bp = tl.sum(tl.where({s}_hit, {p}, 0.0), 1)
+{s}_bg = tl.sum(tl.where({s}_hit, d{p}, 0.0), 1)
+{s}_new = {s}_bmax > {s}_zmax
+{s}_others = keep & ~{s}_hit
+{s}_a += tl.where({s}_new, {s}_pstar * {s}_gstar, {s}_bp * {s}_bg) + tl.sum(tl.where({s}_others, {p} * d{p}, 0.0), 1)
+{s}_b += tl.where({s}_new, {s}_pstar, {s}_bp) + tl.sum(tl.where({s}_others, {p}, 0.0), 1)
+{s}_pstar = tl.where({s}_new, {s}_bp, {s}_pstar)
+{s}_gstar = tl.where({s}_new, {s}_bg, {s}_gstar)
+{s}_jstar = tl.where({s}_new, {s}_bj, {s}_jstar)
+{s}_zmax = tl.maximum({s}_zmax, {s}_bmax)"""
+STAR_FINISH = """\
+{s}_dstar = -({s}_a - {s}_delta * {s}_b)
+tl.store(delta_ptr + {jstar_offsets}, {s}_jstar.to(tl.float32), mask=offs_m < seq_len)
+tl.store(delta_ptr + {dstar_offsets}, {s}_dstar, mask=offs_m < seq_len)"""
+STAR_LOAD = """\
+{s}_jstar = tl.load(delta_ptr + {jstar_offsets}, mask=offs_m < seq_len, other=-1.0).to(tl.int32)
+{s}_dstar = tl.load(delta_ptr + {dstar_offsets}, mask=offs_m < seq_len, other=0.0)"""
+STAR_APPLY = "{g} = tl.where(offs_n[None, :] == {s}_jstar[:, None], {s}_dstar[:, None], {g})"
+
 BACKWARD_PROLOGUE = '''
 
 @triton.jit
@@ -334,7 +381,7 @@ def {name}(
     {params}
     HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, HEAD_SCALE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_MASK: tl.constexpr, IS_CAUSAL: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, STABLE_SOFTMAX_GRAD: tl.constexpr,
 ):'''
 
 # One program per query block (prepare and queries kernels): query rows fixed, keys loop.

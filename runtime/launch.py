@@ -19,6 +19,7 @@ from torch.autograd.function import once_differentiable
 from genomec.codegen.backward import backward_schedule
 from genomec.codegen.modules import import_module_file, use_interpreter
 from genomec.codegen.schedule import schedule
+from genomec.codegen.template import ROW_STAT_ROWS
 from genomec.codegen.tiles import DOT_PRECISION, head_dim_pad
 from genomec.ir import Compiled, execute
 
@@ -194,7 +195,7 @@ class CompiledAttention(torch.nn.Module):
         args["dout_ptr"] = grad_out.to(dtype).contiguous()
         args["dglobal_ptr"] = torch.empty(max(1, batch * heads * self.entry.reductions * head_dim_pad(head_dim) ** 2), **fp32)
         args["dcontraction_ptr"] = torch.empty(batch * heads * len(plan.contractions) * seq_len * head_dim, **fp32)
-        args["delta_ptr"] = torch.empty(max(1, batch * heads * len(plan.softmaxes) * seq_len), **fp32)
+        args["delta_ptr"] = torch.empty(max(1, batch * heads * ROW_STAT_ROWS * len(plan.softmaxes) * seq_len), **fp32)
         args["column_delta_ptr"] = torch.empty(max(1, batch * heads * len(plan.column_softmaxes) * head_dim_pad(head_dim)), **fp32)
         # next to a pass over keys, the kernels add their shares of each column softmax's dP here
         column_grads = len(plan.column_softmaxes) if plan.kind == "keys" else 0
@@ -230,6 +231,7 @@ class CompiledAttention(torch.nn.Module):
             IS_CAUSAL=self.entry.causal,
             DOT_DTYPE=_triton_dtype(ref.dtype),
             DOT_PRECISION=dot_precision(ref.dtype),
+            STABLE_SOFTMAX_GRAD=ref.dtype == torch.float32,
         )
 
     def _config(self, tensors, mask, ref) -> autotune.TileConfig:
@@ -295,7 +297,6 @@ class CompiledAttention(torch.nn.Module):
         return out
 
 
-FusedAttention = CompiledAttention  # the name before the fused backward
 
 
 def triton_cdiv(a: int, b: int) -> int:
@@ -318,3 +319,4 @@ def load(compiled: Compiled, cache: KernelCache | None = None, options: dict | N
     # one module per stage, each from its own cache entry (a one-stage graph is its module,
     # compiled as is or as the plan rewrote it)
     return StagedAttention(plan, modules) if plan.multi_stage else modules[0]
+FusedAttention = CompiledAttention  # the name before the fused backward
