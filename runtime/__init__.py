@@ -1,9 +1,8 @@
-"""The runtime: the on-disk kernel cache, autotuning, loading a compiled graph as an
-autograd module (`load(compiled)(q, k, v, mask)`, fused forward and backward kernels), and
-a multi-head attention layer around a genome."""
+"""The runtime: the on-disk kernel cache, autotuning, and loading a compiled graph as an
+autograd module (`load(compiled)(q, k, v, mask)`, fused forward and backward kernels). The
+multi-head attention layer around a graph is the model's (`genomec.models.GenomeAttention`)."""
 
 from .cache import KernelCache, default_root
-from .attention import MultiHeadGenomeAttention
-from .launch import AttentionFunction, CompiledAttention, FusedAttention, load
+from .launch import AttentionFunction, CompiledAttention, load
 
-__all__ = ["AttentionFunction", "CompiledAttention", "FusedAttention", "KernelCache", "MultiHeadGenomeAttention", "default_root", "load"]
+__all__ = ["AttentionFunction", "CompiledAttention", "KernelCache", "default_root", "load"]

@@ -319,4 +319,3 @@ def load(compiled: Compiled, cache: KernelCache | None = None, options: dict | N
     # one module per stage, each from its own cache entry (a one-stage graph is its module,
     # compiled as is or as the plan rewrote it)
     return StagedAttention(plan, modules) if plan.multi_stage else modules[0]
-FusedAttention = CompiledAttention  # the name before the fused backward

@@ -354,17 +354,24 @@ def test_gpu_fused_backward_writes_no_pair_buffer(tmp_path):
     assert extra <= 12 * q.numel() * q.element_size() + 2**22
 
 
-# -- the multi-head layer -----------------------------------------------------------------
+# -- the model's attention layer on the kernels ----------------------------------------------
 
 
 @pytest.mark.parametrize("expr", [STANDARD, "matmul(softmax(scale(matmul(q, transpose(k)))), q)"])
-def test_multi_head_layer_projects_the_used_inputs_and_matches_the_reference(expr, cache):
-    from genomec.runtime import MultiHeadGenomeAttention
+def test_model_attention_layer_on_the_kernels_matches_the_reference(expr):
+    """`models.GenomeAttention` (projections of the inputs the graph reads, the graph per
+    head, output projection) on the fused kernels and on the reference executor."""
+    from genomec.models import GenomeBertConfig
+    from genomec.models.attention_backend import attention_function
+    from genomec.models.modeling import GenomeAttention
 
     torch.manual_seed(0)
     graph = parse_genome({"expr": expr})
-    kernels = MultiHeadGenomeAttention(graph, hidden_size=48, num_heads=2, backend="triton", cache=cache)
-    reference = MultiHeadGenomeAttention(graph, hidden_size=48, num_heads=2, backend="reference")
+    layers = {
+        backend: GenomeAttention(GenomeBertConfig(genome={"expr": expr}, hidden_size=48, num_heads=2, attention_backend=backend), graph)
+        for backend in ("triton", "reference")
+    }
+    kernels, reference = layers["triton"], layers["reference"]
     reference.load_state_dict(kernels.state_dict())
     assert sorted(kernels.projections) == sorted(lower(graph).simplified.inputs)
     x = torch.randn(2, 13, 48)
@@ -374,11 +381,11 @@ def test_multi_head_layer_projects_the_used_inputs_and_matches_the_reference(exp
     out.square().sum().backward()
     expected = reference(x, mask)
     expected.square().sum().backward()
-    assert kernels.attention.backward_fused
+    assert kernels.runs_on() == [("triton", None)]
     assert relative_error(out, expected.detach().double()) <= TOLERANCE
     for (name, a), b in zip(kernels.named_parameters(), reference.parameters()):
         assert relative_error(a.grad, b.grad.double()) <= TOLERANCE, name
-    assert not MultiHeadGenomeAttention(graph, 48, 2).uses_kernels(x)  # auto on CPU: the reference executor
+    assert attention_function(lower(graph), "auto", x.device).backend == "reference"  # auto on CPU
 
 
 # -- the registry's derivative rules --------------------------------------------------------
