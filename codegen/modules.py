@@ -60,6 +60,28 @@ def set_triton_mode(interpret: bool) -> None:
         os.environ.pop("TRITON_INTERPRET", None)
     import triton.language  # noqa: F401  (fixes the mode)
 
+    if interpret:
+        _index_scalars_of_one_element()
+
+
+def _index_scalars_of_one_element() -> None:
+    """Triton's interpreter holds a scalar kernel argument as a one-element array; Triton
+    3.6 turns one into a Python int (`range(0, seq_len, BLOCK)`) with `int(data)`, which
+    NumPy 2.4 refuses for arrays that are not 0-d. Wrap the interpreter's tensor patching
+    so that `__index__` reads the one element (as Triton 3.9 does); idempotent."""
+    from triton.runtime import interpreter
+
+    patch = getattr(interpreter, "_patch_lang_tensor", None)
+    if patch is None or getattr(patch, "genomec_index", False):
+        return
+
+    def patch_lang_tensor(tensor, scope):
+        patch(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(())))
+
+    patch_lang_tensor.genomec_index = True
+    interpreter._patch_lang_tensor = patch_lang_tensor
+
 
 def use_interpreter() -> bool:
     """Run kernels on the CPU interpreter: asked for, or no CUDA GPU."""
