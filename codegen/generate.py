@@ -7,6 +7,7 @@ kernels' compile-time constants (HEAD_DIM, BLOCK_M, DOT_DTYPE, ...), chosen at l
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,7 +127,31 @@ def generate(compiled: Compiled) -> GeneratedModule:
                 KernelInterface(name, params, BACKWARD_CONSTEXPRS, per_query_block=name in PER_BLOCK_BACKWARD_KERNELS,
                                 per_key_block=name == "attention_bwd_keys", backward=True)
             )
-    return GeneratedModule(compiled.hash, sched, source, tuple(kernels), plan)
+    return GeneratedModule(compiled.hash, sched, keep_what_is_called(source), tuple(kernels), plan)
+
+
+# A top-level definition of the module: a jitted function, or a module constant.
+_DEFINITION = re.compile(r"^(?:@triton\.jit\ndef (?P<function>\w+)\(|(?P<constant>[A-Z_]+) = tl\.constexpr\()", re.M)
+
+
+def keep_what_is_called(source: str) -> str:
+    """The module without the helpers (`_name` functions) and constants that none of its
+    kernels reaches: the templates offer every helper, each module keeps what it uses."""
+    matches = list(_DEFINITION.finditer(source))
+    spans = {}  # name -> (start of its definition, start of its body, end of its text)
+    for m, following in zip(matches, matches[1:] + [None]):
+        spans[m.group("function") or m.group("constant")] = (m.start(), m.end(), following.start() if following else len(source))
+    helpers = {name for name in spans if name.startswith("_") or name.isupper()}
+    used, todo = set(), [name for name in spans if name not in helpers]  # from the kernels
+    while todo:
+        _, body, end = spans[todo.pop()]
+        for name in helpers - used:
+            if re.search(rf"\b{name}\b", source[body:end]):
+                used.add(name)
+                todo.append(name)
+    for start, _, end in sorted((spans[name] for name in helpers - used), reverse=True):
+        source = source[:start] + source[end:]
+    return re.sub(r"\n{4,}", "\n\n\n", source)
 
 
 def _params(inputs, *, out: bool, sched: Schedule) -> tuple[str, ...]:

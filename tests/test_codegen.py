@@ -177,6 +177,28 @@ def test_random_registry_graphs_run_fused_or_fall_back(genome, seed, tmp_path_fa
     assert module.fused == plan.fused and (module.fused or module.reason)
 
 
+# -- which helpers a module carries ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "expr,helpers",
+    [
+        ("matmul(softmax(scale(matmul(q, transpose(k)))), v)", {"_real_tokens", "_dot"}),
+        ("matmul(softmax(cos(q, k)), v)", {"_real_tokens", "_dot", "_cosine_scores", "_cosine_scores_vjp"}),
+        ("matmul(softmax(neg(euc(q, k))), v)", {"_real_tokens", "_dot", "_euclidean_scores", "_euclidean_scores_vjp"}),
+        ("matmul(q, matmul(transpose(softmax(k)), v))", {"_real_tokens", "_dot", "_softmax_over_head_dim", "_softmax_over_head_dim_vjp"}),
+    ],
+)
+def test_a_module_carries_only_the_helpers_it_calls(expr, helpers):
+    import re
+
+    source = generate(lower(parse_genome({"expr": expr}))).source
+    defined = set(re.findall(r"^def (_\w+)\(", source, re.M))
+    assert defined == helpers
+    for name in re.findall(r"^([A-Z_]+) = tl\.constexpr", source, re.M):  # every constant kept is read
+        assert source.count(name) > 1, name
+
+
 # -- golden source -----------------------------------------------------------------------
 
 GOLDEN_GENOMES = {
