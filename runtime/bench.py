@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import platform
 import statistics
 import tempfile
@@ -69,11 +70,19 @@ def environment() -> dict:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "gpu": gpu,
         "cpu": platform.processor() or platform.machine(),
+        "cpu_cores": os.cpu_count(),
+        # what else ran: timings on a shared CPU read against the 1-minute load average
+        "load_average": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "triton": version("triton"),
         "genomec": version("genomec"),
     }
+
+
+def environment_line(env: dict) -> str:
+    machine = env["gpu"] or f"{env['cpu']} CPU, {env['cpu_cores']} cores, load average {env['load_average']} at the start"
+    return f"_{env['date']}: {machine}; Python {env['python']}, torch {env['torch']}, Triton {env['triton']}, genomec {env['genomec']}_"
 
 
 # -- without a GPU: front end and ahead-of-time compilation ----------------------------
@@ -309,6 +318,7 @@ def run_suite(graphs, out_dir: str | Path, aot: bool = True, progress=print, sha
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    env = environment()  # before the run: its load average is what else was running
     if torch.cuda.is_available():
         result = run_gpu(graphs, shapes=shapes, dtypes=dtypes, progress=progress)
         table = gpu_markdown(result)
@@ -316,8 +326,8 @@ def run_suite(graphs, out_dir: str | Path, aot: bool = True, progress=print, sha
         progress("no CUDA GPU: reporting front-end time, source size and ahead-of-time compilation instead of kernel timings")
         result = run_cpu(graphs, out_dir, aot=aot, progress=progress)
         table = cpu_markdown(result)
-    result["environment"] = environment()
+    result["environment"] = env
     (out_dir / "results.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out_dir / "results.md").write_text(table)
+    (out_dir / "results.md").write_text(table + "\n" + environment_line(env) + "\n")
     plot(result, out_dir / "results.png")
     return result

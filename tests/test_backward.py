@@ -251,7 +251,7 @@ def test_half_precision_gradients_accumulate_in_fp32(dtype, tolerance, cache):
     check_gradients(lower(parse_genome({"expr": STANDARD})), cache, shape=(1, 2, 37, 24), dtype=dtype, tolerance=tolerance)
 
 
-@settings(max_examples=20)
+@settings(max_examples=int(os.environ.get("GENOMEC_HYPOTHESIS_EXAMPLES", "20")))
 @given(genome=attention_genomes(max_nodes=8), seed=st.integers(0, 2**16))
 def test_random_graphs_backward_fused_or_fall_back(genome, seed, tmp_path_factory):
     """Any valid graph: the fused backward matches the reference's gradients, or the module
