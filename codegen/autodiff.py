@@ -5,11 +5,12 @@ operand share, named after the node and the rows held of it (emit.py's notation)
 
     dt3_i    cotangent of t3 on the query rows        acc_dt3   accumulated over a loop
 
-Which rule a node takes depends on its op and on where it lives (a softmax over keys is not
-a softmax over the head dim): `derivative_case` names the case, DERIVATIVE_RULES holds one
-rule per case, the way ir/passes.py keeps the forward's rewrite rules. The elementwise ops
-take the registry's `triton_vjp` spellings; a case missing from the table is outside the
-fused backward (backward_plan rejects such graphs before any kernel is built).
+Which rule a node takes depends on its op's kind (`Op.kind`) and on where it lives (a softmax
+over keys is not a softmax over the head dim): `derivative_case` names the case, DERIVATIVE_RULES
+holds one rule per case, the way ir/passes.py keeps the forward's rewrite rules. The
+elementwise ops take the registry's `triton_vjp` spellings; scores are leaves here (the
+kernel templates send their cotangent tile to both sides); a case missing from the table is
+outside the fused backward (backward_plan asks `has_derivative_rule` before any kernel is built).
 
 A `Backprop` keeps what it emits in two lists: `lines`, the cotangents computed where they
 are emitted, and `updates`, the `acc_d<g> += ...` accumulations of [d,d] cotangents that
@@ -20,12 +21,12 @@ from __future__ import annotations
 
 from typing import Callable
 
-from genomec.genome.ops import OPS, TOKENS
+from genomec.genome.ops import OPS, TOKENS, OpKind
+from genomec.ir.analysis import is_score
 from genomec.ir.graph import GLOBAL_SPACE, INPUT_OP, IR, PAIR_SPACE
 
 from . import template as T
 from .emit import GLOBAL, PAIR, QUERY, Emitter, var
-from .schedule import SCORE_OPS
 
 
 def grad(node_id: str, rows: str) -> str:
@@ -100,30 +101,41 @@ class Backprop:
             if not self.has(node_id, rows) or stop(node_id):
                 continue
             node = self.ir.node(node_id)
-            case = derivative_case(self.ir, node, rows)
+            case = derivative_case(self.ir, node_id, rows)
             if case not in DERIVATIVE_RULES:
                 raise AssertionError(f"no backward rule for {node} ({' '.join(case)})")
             DERIVATIVE_RULES[case](self, node_id, node, rows, grad(node_id, rows))
 
 
-def derivative_case(ir: IR, node, rows: str) -> tuple[str, str]:
+def derivative_case(ir: IR, node_id: str, rows: str) -> tuple[str, str]:
     """(op, case): the key of a node's rule in DERIVATIVE_RULES, for the rows it is held for."""
-    if node.op == INPUT_OP or node.op in SCORE_OPS and node.space == PAIR_SPACE:
+    node = ir.node(node_id)
+    if node.op == INPUT_OP or is_score(ir, node_id):
         return node.op, "leaf"
-    if node.op == "softmax":
+    kind = OPS[node.op].kind
+    if kind is OpKind.NORMALISATION:
         if node.space == PAIR_SPACE:
-            return "softmax", "over keys"
-        return "softmax", "over tokens" if node.shape[1] == TOKENS else "over the head dim"
-    if node.op == "transpose":
-        return "transpose", "[d,d]" if rows == GLOBAL else "token rows"
-    if node.op == "matmul":
+            return node.op, "over keys"
+        return node.op, "over tokens" if node.shape[1] == TOKENS else "over the head dim"
+    if kind is OpKind.LAYOUT:
+        return node.op, "[d,d]" if rows == GLOBAL else "token rows"
+    if kind is OpKind.PRODUCT:
         a_global, b_global = (ir.node(o).space == GLOBAL_SPACE for o in node.operands)
         if rows == GLOBAL:
-            return "matmul", "[d,d] @ [d,d]"
+            return node.op, "[d,d] @ [d,d]"
         if b_global:
-            return "matmul", "rows @ [d,d]"
-        return "matmul", "[d,d] @ rows" if a_global else "rows @ rows"
-    return node.op, "elementwise"
+            return node.op, "rows @ [d,d]"
+        return node.op, "[d,d] @ rows" if a_global else "rows @ rows"
+    if kind is OpKind.ELEMENTWISE:
+        return node.op, "elementwise"
+    return node.op, "off the pair tiles"  # a score op of [N,N] or [d,N] operands: no rule
+
+
+def has_derivative_rule(ir: IR, node_id: str) -> bool:
+    """True when the fused backward has a rule for the node, held for the rows of its index
+    space (a [d,d] value as such, a token or pair value for any rows)."""
+    rows = GLOBAL if ir.node(node_id).space == GLOBAL_SPACE else QUERY
+    return derivative_case(ir, node_id, rows) in DERIVATIVE_RULES
 
 
 # -- derivative rules -------------------------------------------------------------------------
@@ -209,8 +221,6 @@ def _registry(bp: Backprop, node_id: str, node, rows: str, g: str) -> None:
 DERIVATIVE_RULES: dict[tuple[str, str], Rule] = {
     (INPUT_OP, "leaf"): _leaf,  # the kernel stores an input's cotangent
     ("matmul", "leaf"): _leaf,  # scores s = x y^T: the kernel templates send dS to both sides
-    ("cos", "leaf"): _leaf,
-    ("euc", "leaf"): _leaf,
     ("softmax", "over keys"): _softmax_over_keys,  # dS = P * (dP - delta), delta_i = sum_j P_ij dP_ij
     ("softmax", "over tokens"): _softmax_over_tokens,  # dX = P * (dP - delta_c), delta_c = sum_n P dP
     ("softmax", "over the head dim"): _softmax_over_head_dim,  # dx = y * (dy - sum(y * dy)) per row
@@ -220,8 +230,14 @@ DERIVATIVE_RULES: dict[tuple[str, str], Rule] = {
     ("matmul", "rows @ [d,d]"): _matmul_rows_state,  # [N,d] @ [d,d]: dx = g G^T, dG = x^T g
     ("matmul", "[d,d] @ rows"): _matmul_state_rows,  # [d,d] @ [d,N], held transposed: out_i = x_i G^T, so dx = g G, dG = g^T x
 } | {
+    # scores s = f(x, y) (cos, euc): the kernel templates send dS to both sides, through the
+    # registry's spelling of each side's share
+    (name, "leaf"): _leaf
+    for name, op in OPS.items()
+    if op.kind is OpKind.SCORE and op.triton_vjp is not None
+} | {
     # f(x[, y]) elementwise: dx = the registry's spelling of f'(x) g (and dy)
     (name, "elementwise"): _registry
     for name, op in OPS.items()
-    if op.triton_vjp is not None
+    if op.kind is OpKind.ELEMENTWISE and op.triton_vjp is not None
 }

@@ -1,7 +1,8 @@
 """The fused backward (SPEC 3, Backward), in three modules:
 
     backward_plan     which kernels a fused forward's backward runs, or why it keeps the
-                      reference executor's (backward_schedule, BackwardSchedule, format_backward)
+                      reference executor's (backward_schedule, BackwardSchedule, BackwardKind,
+                      format_backward)
     autodiff          reverse-mode differentiation on the IR: Backprop and its table of
                       derivative rules (DERIVATIVE_RULES)
     backward_kernels  the kernel builders, and the math of the whole backward in its docstring
@@ -23,6 +24,7 @@ from .backward_plan import (
     BACKWARD_KERNELS,
     COLUMN_ROWS_KERNEL,
     GLOBAL_BACKWARD_KERNELS,
+    BackwardKind,
     BackwardSchedule,
     OutsideBackwardClass,
     backward_schedule,
@@ -31,5 +33,5 @@ from .backward_plan import (
 
 __all__ = [
     "BACKWARD_CONSTEXPRS", "BACKWARD_KERNELS", "COLUMN_ROWS_KERNEL", "FP32_BUFFERS", "GLOBAL_BACKWARD_KERNELS", "POINTERS",
-    "BackwardSchedule", "OutsideBackwardClass", "backward_schedule", "format_backward", "forward_save_lines", "generate_backward",
+    "BackwardKind", "BackwardSchedule", "OutsideBackwardClass", "backward_schedule", "format_backward", "forward_save_lines", "generate_backward",
 ]

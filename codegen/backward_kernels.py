@@ -18,7 +18,7 @@ pass over keys; otherwise the prepare kernel computes it in a pass of its own, o
 nesting level for a softmax of a softmax (outermost first: the inner dP comes back
 through the outer softmax, which needs the outer delta).
 
-A graph with no pass over keys (kind "global") has [d,d] states G = X^T Y instead, or is
+A graph with no pass over keys (BackwardKind.GLOBAL) has [d,d] states G = X^T Y instead, or is
 pointwise in the token (given the column statistics of its softmaxes over tokens): the
 cotangent dG = sum_i x_i^T dy_i is reduced over the query rows by one program per head
 (then back through the [d,d] values), and spread back over the rows of X and Y
@@ -37,7 +37,7 @@ program on its own rows) instead of going on, the global kernel sums delta from 
 from the states' share), and a column-rows kernel goes on from P * (dP - delta) per token
 block to the inputs.
 
-[d,d] states next to a pass over keys (kind "keys" with reductions): the key-pass kernels
+[d,d] states next to a pass over keys (BackwardKind.KEYS with reductions): the key-pass kernels
 run as above (the query rows read the states where they need them), then the global and
 state-rows kernels add the states' share; the global kernel's pass over the query rows
 reads the saved contraction values for the post values. Only the query rows after the
@@ -48,13 +48,15 @@ from __future__ import annotations
 
 import re
 
+from genomec.genome.ops import OPS, OpKind
+from genomec.ir.analysis import is_score, reads_state
 from genomec.ir.graph import IR, PAIR_SPACE, TOKEN_SPACE
 
 from . import template as T
 from .autodiff import Backprop, accumulator, grad, indent, static_if
-from .backward_plan import COLUMN_ROWS_KERNEL, BackwardSchedule, _reads_state
+from .backward_plan import BackwardKind, BackwardSchedule
 from .emit import GLOBAL, KEY, PAIR, QUERY, Emitter, var
-from .schedule import SCORE_OPS, Schedule, _token_closure
+from .schedule import KernelRole, Schedule, token_closure
 
 BACKWARD_CONSTEXPRS = (
     "HEAD_DIM", "HEAD_DIM_PAD", "HEAD_SCALE", "BLOCK_M", "BLOCK_N", "HAS_MASK", "IS_CAUSAL", "DOT_DTYPE", "DOT_PRECISION",
@@ -94,21 +96,21 @@ def forward_save_lines(plan: BackwardSchedule) -> str:
     return T.SAVE_FOR_BACKWARD.format(lines=indent(lines, 8))
 
 
-def generate_backward(sched: Schedule, plan: BackwardSchedule) -> list[tuple[str, str, tuple[str, ...]]]:
+def generate_backward(sched: Schedule, plan: BackwardSchedule) -> list[tuple[KernelRole, str, tuple[str, ...]]]:
     """(kernel name, source, params) of the backward kernels, in launch order."""
     kernels = {
-        "attention_bwd_prepare": _prepare_kernel,
-        "attention_bwd_keys": _keys_kernel,
-        "attention_bwd_queries": _queries_kernel,
-        "attention_bwd_global": _global_kernel,
-        "attention_bwd_query_rows": _query_rows_kernel,
-        "attention_bwd_state_rows": _state_rows_kernel,
-        COLUMN_ROWS_KERNEL: _column_rows_kernel,
+        KernelRole.BWD_PREPARE: _prepare_kernel,
+        KernelRole.BWD_KEYS: _keys_kernel,
+        KernelRole.BWD_QUERIES: _queries_kernel,
+        KernelRole.BWD_GLOBAL: _global_kernel,
+        KernelRole.BWD_QUERY_ROWS: _query_rows_kernel,
+        KernelRole.BWD_STATE_ROWS: _state_rows_kernel,
+        KernelRole.BWD_COLUMN_ROWS: _column_rows_kernel,
     }
     return [_named(name, kernels[name](sched, plan)) for name in plan.kernels]
 
 
-def _named(name: str, body_template: str):
+def _named(name: KernelRole, body_template: str):
     params = _params(body_template)
     return name, body_template.replace("{params}", " ".join(p + "," for p in params)), params
 
@@ -162,19 +164,20 @@ def _score_grads(ir: IR, emitter: Emitter, plan: BackwardSchedule, backprop: Bac
     result = []
     for s in plan.pair_values:
         node = ir.node(s)
-        if node.op not in SCORE_OPS or not backprop.has(s, PAIR):
+        if not is_score(ir, s) or not backprop.has(s, PAIR):
             continue
         x, y = node.operands
         ds = f"tl.where(keep, {grad(s, PAIR)}, 0.0)"
-        if node.op == "matmul":
+        op = OPS[node.op]
+        if op.kind is OpKind.PRODUCT:  # s = x y^T
             expr = (
                 f"_dot({ds}, {var(y, KEY)}, DOT_DTYPE, DOT_PRECISION)"
                 if left
                 else f"_dot(tl.trans({ds}), {emitter.head_masked(x, QUERY)}, DOT_DTYPE, DOT_PRECISION)"
             )
-        else:
-            helper = "_cosine_scores_vjp" if node.op == "cos" else "_euclidean_scores_vjp"
-            expr = f"{helper}({var(x, QUERY)}, {var(y, KEY)}, {var(s, PAIR)}, {ds}, dim_ok, {left}, DOT_DTYPE, DOT_PRECISION)"
+        else:  # a score op: the registry's spelling of each side's share
+            rule = op.triton_vjp[0 if left else 1]
+            expr = rule.format(x=var(x, QUERY), y=var(y, KEY), out=var(s, PAIR), grad=ds)
         result.append((x if left else y, expr))
     return result
 
@@ -207,7 +210,7 @@ def _prepare_kernel(sched: Schedule, plan: BackwardSchedule) -> str:
                              T.STORE_DELTA.format(s=s, **_row_stat(plan, s))], 4))
     if plan.softmaxes:
         body += _softmax_passes(ir, emitter, plan)
-    return T.BACKWARD_QUERY_PROGRAM.format(name="attention_bwd_prepare", params="{params}",
+    return T.BACKWARD_QUERY_PROGRAM.format(name=KernelRole.BWD_PREPARE, params="{params}",
                                            query_values=indent(query_values, 4), body="\n".join(body))
 
 
@@ -300,7 +303,7 @@ def _keys_kernel(sched: Schedule, plan: BackwardSchedule) -> str:
     query_values = _emit_all(emitter, plan.score_query_values, QUERY) + _statistics_loads(plan, True) + _contraction_grad_loads(plan)
     key_values = _column_loads(sched, _columns_in(plan, plan.key_values, plan.score_query_values)) + _emit_all(emitter, plan.key_values, KEY)
     text = T.BACKWARD_KEY_PROGRAM.format(
-        name="attention_bwd_keys",
+        name=KernelRole.BWD_KEYS,
         params="{params}",
         key_values=indent(key_values, 4),
         init=indent([T.GRAD_ACCUMULATOR_INIT.format(x=x, rows="BLOCK_N") for x in accumulated], 4),
@@ -350,7 +353,7 @@ def _queries_kernel(sched: Schedule, plan: BackwardSchedule) -> str:
     query_values += _emit_all(emitter, plan.query_values, QUERY)
     query_values += _statistics_loads(plan, True) + _contraction_grad_loads(plan)
     return T.BACKWARD_QUERY_PROGRAM.format(
-        name="attention_bwd_queries",
+        name=KernelRole.BWD_QUERIES,
         params="{params}",
         query_values=indent(query_values, 4),
         body=loop + "\n" + indent(tail, 4),
@@ -421,7 +424,7 @@ def _global_kernel(sched: Schedule, plan: BackwardSchedule) -> str:
     if plan.column_softmaxes:
         passes.append(_column_delta_pass(sched, plan, emitter))
     return T.BACKWARD_GLOBAL_PROGRAM.format(
-        name="attention_bwd_global", params="{params}", global_values=indent(values, 4), passes="".join(passes),
+        name=KernelRole.BWD_GLOBAL, params="{params}", global_values=indent(values, 4), passes="".join(passes),
     )
 
 
@@ -429,9 +432,9 @@ def _state_grads_pass(sched: Schedule, plan: BackwardSchedule, emitter: Emitter)
     """Over the query rows: the [d,d] cotangents x^T dy of the token x [d,d] products, from
     d_out (and the saved contraction values, for post values), then back to the states."""
     ir = sched.ir
-    reads_state = _reads_state(ir)
+    reading_state = reads_state(ir)
     # a value that reads no state sends no cotangent to one: the backprop stops there
-    query = _query_backprop(ir, emitter, plan, global_cotangents=True, stop=lambda n: n not in reads_state)
+    query = _query_backprop(ir, emitter, plan, global_cotangents=True, stop=lambda n: n not in reading_state)
     states = Backprop(ir, emitter)
     for g in query.accumulated:
         states.seed(g, GLOBAL, accumulator(g))
@@ -466,12 +469,12 @@ def _column_delta_pass(sched: Schedule, plan: BackwardSchedule, emitter: Emitter
     shares: list[tuple[Backprop, str]] = []
     token_rows = Backprop(ir, emitter)  # the buffer's and the states' shares, on the token rows
     token_roots: list[str] = []
-    if plan.kind == "keys":
+    if plan.kind == BackwardKind.KEYS:
         token_roots += plan.column_softmaxes
         for i, s in enumerate(plan.column_softmaxes):
             token_rows.seed(s, KEY, T.LOAD_COLUMN_GRAD.format(index=i, count=count, offs="offs_n"))
     elif any(n in below for n in plan.query_values):
-        lines += _emit_all(emitter, _token_closure(ir, kinds, [n for n in plan.query_values if n in below]), QUERY)
+        lines += _emit_all(emitter, token_closure(ir, kinds, [n for n in plan.query_values if n in below]), QUERY)
         query = _query_backprop(ir, emitter, plan, global_cotangents=False, stop=stop)
         lines += query.lines
         shares.append((query, QUERY))
@@ -481,7 +484,7 @@ def _column_delta_pass(sched: Schedule, plan: BackwardSchedule, emitter: Emitter
         _seed_state_rows(ir, emitter, seeded, token_rows, wanted=below)
         token_rows.through(plan.reduction_values, KEY, stop=stop)
     if token_roots:
-        lines += _emit_all(emitter, _token_closure(ir, kinds, token_roots), KEY) + token_rows.lines
+        lines += _emit_all(emitter, token_closure(ir, kinds, token_roots), KEY) + token_rows.lines
         shares.append((token_rows, KEY))
     update = [
         T.COLUMN_DELTA_UPDATE.format(s=s, p=var(s, rows))
@@ -506,7 +509,7 @@ def _query_rows_kernel(sched: Schedule, plan: BackwardSchedule) -> str:
     values = _global_value_lines(emitter, sched, plan) + _column_loads(sched, columns, with_delta=columns)
     values += _emit_all(emitter, plan.query_values, QUERY) + query.lines
     return T.BACKWARD_TOKEN_PROGRAM.format(
-        name="attention_bwd_query_rows", params="{params}", title="query rows: back from d_out",
+        name=KernelRole.BWD_QUERY_ROWS, params="{params}", title="query rows: back from d_out",
         values=indent(values, 4), store=indent(_input_grad_stores(query, QUERY, "offs_m"), 4),
     )
 
@@ -518,7 +521,7 @@ def _state_rows_kernel(sched: Schedule, plan: BackwardSchedule) -> str:
     columns = [s for s in plan.column_softmaxes if s in plan.reduction_values]
     # a softmax over tokens that only the states read: its delta term is added here (next to a
     # pass over keys, the column-rows kernel adds them all)
-    delta_terms = [] if plan.kind == "keys" else [s for s in columns if s not in plan.query_values]
+    delta_terms = [] if plan.kind == BackwardKind.KEYS else [s for s in columns if s not in plan.query_values]
     keys = Backprop(ir, emitter, delta_terms=delta_terms)
     values = [T.GLOBAL_GRAD_LOAD.format(r=r, index=sched.reductions.index(r), count=count) for r in plan.reductions]
     values += _column_loads(sched, columns, with_delta=delta_terms)
@@ -526,7 +529,7 @@ def _state_rows_kernel(sched: Schedule, plan: BackwardSchedule) -> str:
     keys.through(plan.reduction_values, KEY)
     values += _emit_all(emitter, plan.reduction_values, KEY) + keys.lines
     return T.BACKWARD_TOKEN_PROGRAM.format(
-        name="attention_bwd_state_rows", params="{params}", title="rows of the reductions' operands: back from each state's cotangent",
+        name=KernelRole.BWD_STATE_ROWS, params="{params}", title="rows of the reductions' operands: back from each state's cotangent",
         values=indent(values, 4), store=indent(_input_grad_stores(keys, KEY, "offs_m"), 4),
     )
 
@@ -544,6 +547,6 @@ def _column_rows_kernel(sched: Schedule, plan: BackwardSchedule) -> str:
     values = _column_loads(sched, plan.column_softmaxes, with_delta=plan.column_softmaxes)
     values += _emit_all(emitter, plan.column_values, KEY) + rows.lines
     return T.BACKWARD_TOKEN_PROGRAM.format(
-        name=COLUMN_ROWS_KERNEL, params="{params}", title="rows of the softmaxes over tokens: back from dX = P * (dP - delta)",
+        name=KernelRole.BWD_COLUMN_ROWS, params="{params}", title="rows of the softmaxes over tokens: back from dX = P * (dP - delta)",
         values=indent(values, 4), store=indent(_input_grad_stores(rows, KEY, "offs_m"), 4),
     )

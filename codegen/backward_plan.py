@@ -2,8 +2,8 @@
 which of the forward schedule's values, or why it keeps the reference executor's backward.
 
 The backward class: a fused forward whose [d,d] states are not read inside a pass over
-keys, and every op on the way with a derivative rule (the registry's `triton_vjp`, or a
-structural rule of autodiff.DERIVATIVE_RULES).
+keys, and every op on the way with a derivative rule in autodiff.DERIVATIVE_RULES (the
+registry's `triton_vjp`, or a rule for the op's kind and where it lives).
 Other graphs keep the reference executor's backward, and `backward_schedule(...).reason`
 says why.
 """
@@ -12,16 +12,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import networkx as nx
+from genomec.genome.ops import TextEnum
+from genomec.ir.analysis import is_score, reads_state
+from genomec.ir.graph import IR
 
-from genomec.genome.ops import OPS
-from genomec.ir.graph import GLOBAL_SPACE, INPUT_OP, IR, PAIR_SPACE
+from .autodiff import has_derivative_rule
+from .schedule import KernelRole, PassKind, Schedule, softmaxes_over_keys, token_closure
 
-from .schedule import SCORE_OPS, Schedule, _token_closure
+BACKWARD_KERNELS = (KernelRole.BWD_PREPARE, KernelRole.BWD_KEYS, KernelRole.BWD_QUERIES)
+COLUMN_ROWS_KERNEL = KernelRole.BWD_COLUMN_ROWS
+GLOBAL_BACKWARD_KERNELS = (KernelRole.BWD_GLOBAL, KernelRole.BWD_QUERY_ROWS, KernelRole.BWD_STATE_ROWS)
 
-BACKWARD_KERNELS = ("attention_bwd_prepare", "attention_bwd_keys", "attention_bwd_queries")
-COLUMN_ROWS_KERNEL = "attention_bwd_column_rows"
-GLOBAL_BACKWARD_KERNELS = ("attention_bwd_global", "attention_bwd_query_rows", "attention_bwd_state_rows")
+
+class BackwardKind(TextEnum):
+    """The two shapes of a fused backward."""
+
+    KEYS = "keys"  # loops over key and query blocks (and maybe [d,d] states and softmaxes over tokens after them)
+    GLOBAL = "global"  # no pass over keys: [d,d] states, or pointwise in the token
+
 
 @dataclass(frozen=True)
 class BackwardSchedule:
@@ -29,12 +37,12 @@ class BackwardSchedule:
 
     fused: bool
     reason: str | None = None
-    kind: str = "keys"  # "keys": loops over key/query blocks (and maybe states); "global": no key loop
+    kind: BackwardKind = BackwardKind.KEYS
     reductions: tuple[str, ...] = ()  # the [d,d] states the forward's reduction kernel wrote
     global_values: tuple[str, ...] = ()  # [d,d] values computed from them
     reduction_values: tuple[str, ...] = ()  # token values the reductions contract
     column_softmaxes: tuple[str, ...] = ()  # softmaxes over tokens: column statistics saved, one delta each
-    column_values: tuple[str, ...] = ()  # "keys": the token values that compute them (recomputed per token block)
+    column_values: tuple[str, ...] = ()  # KEYS: the token values that compute them (recomputed per token block)
     softmaxes: tuple[str, ...] = ()  # over keys: log-sum-exp saved by the forward, one delta each
     softmax_levels: tuple[tuple[str, ...], ...] = ()  # the softmaxes by nesting depth (the forward's statistics passes)
     online: str | None = None  # the online softmax, whose delta is rowsum(dc * c)
@@ -46,11 +54,11 @@ class BackwardSchedule:
     post_values: tuple[str, ...] = ()
 
     @property
-    def kernels(self) -> tuple[str, ...]:
+    def kernels(self) -> tuple[KernelRole, ...]:
         if not self.fused:
             return ()
         global_kernel, query_rows, state_rows = GLOBAL_BACKWARD_KERNELS
-        if self.kind == "keys":  # the states' and the softmaxes over tokens' shares after the key passes'
+        if self.kind == BackwardKind.KEYS:  # the states' and the softmaxes over tokens' shares after the key passes'
             per_head = (global_kernel,) if self.reductions or self.column_softmaxes else ()
             return BACKWARD_KERNELS + per_head + ((state_rows,) if self.reductions else ()) + ((COLUMN_ROWS_KERNEL,) if self.column_softmaxes else ())
         # without states, the query rows do everything but the column deltas' pass over tokens
@@ -78,37 +86,30 @@ def _plan(sched: Schedule) -> BackwardSchedule:
     if not attention.key_passes:
         return _plan_global(sched)
     *statistics, accumulate = attention.key_passes
-    if accumulate.kind == "statistics" or any(p.kind != "statistics" for p in statistics):
-        raise OutsideBackwardClass(f"key passes {[p.kind for p in attention.key_passes]}: not in the fused backward")
-    softmaxes = tuple(n for n in accumulate.pair_values if ir.node(n).op == "softmax")
+    if accumulate.kind == PassKind.STATISTICS or any(p.kind != PassKind.STATISTICS for p in statistics):
+        raise OutsideBackwardClass(f"key passes {[p.kind.value for p in attention.key_passes]}: not in the fused backward")
+    over_keys = softmaxes_over_keys(ir, kinds)
+    softmaxes = tuple(n for n in accumulate.pair_values if n in over_keys)
     if statistics and {s for p in statistics for s in p.softmaxes} != set(softmaxes):
         raise OutsideBackwardClass("a softmax over keys whose statistics pass is not the forward's: not in the fused backward")
-    for node_id in attention.query_values + accumulate.key_values + attention.post_values + accumulate.pair_values:
-        node = ir.node(node_id)
-        if node.op == INPUT_OP or node.op in SCORE_OPS and node.space == PAIR_SPACE:
-            continue
-        op = OPS[node.op]
-        reads_state_directly = node.op == "matmul" and any(ir.node(o).space == GLOBAL_SPACE for o in node.operands)
-        structural = node.op == "transpose" and node.space != PAIR_SPACE or node.op == "softmax" or reads_state_directly
-        if op.triton_vjp is None and not structural:
-            raise OutsideBackwardClass(f"node '{node_id}' ({node.op}): no derivative rule in the fused backward")
-    score_lefts = [ir.node(p).operands[0] for p in accumulate.pair_values if ir.node(p).op in SCORE_OPS]
-    score_query_values = _token_closure(ir, kinds, score_lefts)
+    _check_rules(ir, attention.query_values + accumulate.key_values + attention.post_values + accumulate.pair_values)
+    score_lefts = [ir.node(p).operands[0] for p in accumulate.pair_values if is_score(ir, p)]
+    score_query_values = token_closure(ir, kinds, score_lefts)
     reductions, reduction_values = (sched.reduction.reductions, sched.reduction.reduction_values) if sched.reduction else ((), ())
     if reductions:
         # The states' cotangents are reduced over the query rows from d_out alone: a state read
         # inside the key loop would need cotangents that only the key loops know.
         in_key_loop = score_query_values + tuple(n for p in attention.key_passes for n in p.key_values)
-        reads_state = _reads_state(ir)
-        reading = [n for n in in_key_loop if n in reads_state]
+        reading_state = reads_state(ir)
+        reading = [n for n in in_key_loop if n in reading_state]
         if reading:
             raise OutsideBackwardClass(
                 f"node '{reading[0]}' reads a [d,d] state inside the pass over keys: backward not fused yet "
                 "(only the query rows after the key loop may read a state)"
             )
-        _check_global_rules(ir, attention.global_values + reduction_values)
-    column_values = _token_closure(ir, kinds, sched.column_softmaxes)
-    _check_global_rules(ir, column_values)
+        _check_rules(ir, attention.global_values + reduction_values)
+    column_values = token_closure(ir, kinds, sched.column_softmaxes)
+    _check_rules(ir, column_values)
     return BackwardSchedule(
         fused=True,
         reductions=reductions,
@@ -118,7 +119,7 @@ def _plan(sched: Schedule) -> BackwardSchedule:
         column_values=column_values,
         softmaxes=softmaxes,
         softmax_levels=tuple(p.softmaxes for p in statistics),
-        online=accumulate.softmaxes[0] if accumulate.kind == "online" else None,
+        online=accumulate.softmaxes[0] if accumulate.kind == PassKind.ONLINE else None,
         contractions=accumulate.contractions,
         query_values=attention.query_values,
         score_query_values=score_query_values,
@@ -134,10 +135,10 @@ def _plan_global(sched: Schedule) -> BackwardSchedule:
     softmaxes over tokens anywhere their forward allows them."""
     ir, attention, reduction = sched.ir, sched.attention, sched.reduction
     reductions, reduction_values = (reduction.reductions, reduction.reduction_values) if reduction else ((), ())
-    _check_global_rules(ir, attention.query_values + attention.global_values + reduction_values + attention.post_values)
+    _check_rules(ir, attention.query_values + attention.global_values + reduction_values + attention.post_values)
     return BackwardSchedule(
         fused=True,
-        kind="global",
+        kind=BackwardKind.GLOBAL,
         reductions=reductions,
         global_values=attention.global_values,
         reduction_values=reduction_values,
@@ -147,20 +148,13 @@ def _plan_global(sched: Schedule) -> BackwardSchedule:
     )
 
 
-def _check_global_rules(ir: IR, nodes) -> None:
-    """Token and [d,d] values: a registry derivative rule, or a structural one here
-    (transpose, the matmuls with a [d,d] operand, softmax over the head dim or over tokens)."""
+def _check_rules(ir: IR, nodes) -> None:
+    """Raise unless every node has a derivative rule (autodiff.DERIVATIVE_RULES): the
+    registry's for elementwise ops, softmax's over keys, over tokens or over the head dim,
+    transpose's, matmul's with a [d,d] operand, scores' (sent to both sides by the kernels)."""
     for node_id in nodes:
-        node = ir.node(node_id)
-        if node.op in (INPUT_OP, "transpose", "matmul", "softmax") or OPS[node.op].triton_vjp is not None:
-            continue
-        raise OutsideBackwardClass(f"node '{node_id}' ({node.op}): no derivative rule in the fused backward")
-
-
-def _reads_state(ir: IR) -> set[str]:
-    """The nodes whose value depends on a [d,d] value."""
-    states = [n for n, node in ir.nodes() if node.space == GLOBAL_SPACE]
-    return set(states).union(*(nx.descendants(ir.graph, g) for g in states))
+        if not has_derivative_rule(ir, node_id):
+            raise OutsideBackwardClass(f"node '{node_id}' ({ir.node(node_id).op}): no derivative rule in the fused backward")
 
 
 def format_backward(plan: BackwardSchedule) -> str:
@@ -172,10 +166,10 @@ def format_backward(plan: BackwardSchedule) -> str:
         if plan.column_softmaxes
         else []
     )
-    if plan.kind == "global" and not plan.reductions and not plan.column_softmaxes:
+    if plan.kind == BackwardKind.GLOBAL and not plan.reductions and not plan.column_softmaxes:
         return "backward kernels: attention_bwd_query_rows (token blocks; the graph is pointwise in the token)"
-    if plan.kind == "global":
-        per_block = " and ".join(k for k in plan.kernels if k != "attention_bwd_global")
+    if plan.kind == BackwardKind.GLOBAL:
+        per_block = " and ".join(k for k in plan.kernels if k != KernelRole.BWD_GLOBAL)
         return "\n".join([f"backward kernels: attention_bwd_global (batch x heads), {per_block} (token blocks)"] + states + columns)
     delta = "rowsum(dc * c)" if plan.online else ("a pass over key blocks" if plan.softmaxes else "-")
     if len(plan.softmax_levels) > 1:

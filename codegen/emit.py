@@ -1,8 +1,8 @@
 """The emitter: one straight-line Triton assignment per IR node.
 
-Elementwise ops come from the registry's Triton spellings (`Op.triton`); the structural ops
-(transpose, softmax, matmul, cos, euc) have one rule each below. A value is named after
-its node and the rows a kernel holds of it:
+Elementwise and score ops come from the registry's Triton spellings (`Op.triton`); the other
+kinds of op (`Op.kind`: normalisation, product, layout) have one rule each below. A value is
+named after its node and the rows a kernel holds of it:
 
     t3_i   query rows     [BLOCK_M, HEAD_DIM_PAD]
     t3_j   key rows       [BLOCK_N, HEAD_DIM_PAD]   (a [d,N] value is held transposed)
@@ -15,14 +15,11 @@ the head dim masks its operand first unless the value is known to be zero there.
 
 from __future__ import annotations
 
-from genomec.genome.ops import OPS, TOKENS
+from genomec.genome.ops import OPS, TOKENS, OpKind
+from genomec.ir.analysis import is_score
 from genomec.ir.graph import GLOBAL_SPACE, INPUT_OP, IR, PAIR_SPACE
 
 QUERY, KEY, PAIR, GLOBAL = "i", "j", "ij", "g"
-
-# Ops with f(0) == 0 (so zero head-dim padding stays zero). Checked by a test against the
-# registry's reference implementations.
-ZERO_PRESERVING = frozenset({"neg", "scale", "softsign", "sqrt", "tanh", "relu", "abs", "add", "sub", "mul", "max", "transpose"})
 
 
 def var(node_id: str, rows: str) -> str:
@@ -47,9 +44,9 @@ class Emitter:
             node = self.ir.node(node_id)
             if node.op == INPUT_OP:
                 result = True  # loaded with other=0.0
-            elif node.op == "softmax" and node.shape[1] != TOKENS:
+            elif OPS[node.op].kind is OpKind.NORMALISATION and node.shape[1] != TOKENS:
                 result = True  # softmax over the head dim puts exp(-inf) = 0 there
-            elif node.op in ZERO_PRESERVING and node.space != GLOBAL_SPACE:
+            elif OPS[node.op].zero_preserving and node.space != GLOBAL_SPACE:  # f(0) == 0
                 result = all(self.zero_padded(o) for o in node.operands)
             else:
                 result = False
@@ -83,24 +80,21 @@ class Emitter:
             ]
         op = OPS[node.op]
         args = [var(o, self.rows_of(o, rows)) for o in node.operands]
-        if node.space == PAIR_SPACE and node.op in ("matmul", "cos", "euc"):  # scores: query x key
+        if is_score(self.ir, node_id):  # query x key
             args = [var(node.operands[0], QUERY), var(node.operands[1], KEY)]
         shapes = [self.ir.node(o).shape for o in node.operands]
-        if op.triton is not None:
-            return [f"{target} = {op.triton.format(*args)}"]
-        if node.op == "transpose":
-            # token values are held as row tiles whichever way round; a [d,d] value flips
-            return [f"{target} = {'tl.trans(' + args[0] + ')' if rows == GLOBAL else args[0]}"]
-        if node.op == "softmax":
-            return self._softmax(node_id, rows, args[0])
-        if node.op in ("cos", "euc"):
-            helper = "_cosine_scores" if node.op == "cos" else "_euclidean_scores"
-            lines = [f"{target} = {helper}({args[0]}, {args[1]}, dim_ok, DOT_DTYPE, DOT_PRECISION)"]
+        if op.triton is not None:  # elementwise, or a score op over the query and key rows
+            lines = [f"{target} = {op.triton.format(*args)}"]
             if node.op == "euc" and node.operands[0] == node.operands[1]:
                 # euc(x, x): the diagonal is exactly the clamp, which |x|^2 + |x|^2 - 2<x,x> misses
                 lines.append(f"{target} = tl.where(offs_m[:, None] == offs_n[None, :], NORM_EPS, {target})")
             return lines
-        if node.op == "matmul":
+        if op.kind is OpKind.LAYOUT:
+            # token values are held as row tiles whichever way round; a [d,d] value flips
+            return [f"{target} = {'tl.trans(' + args[0] + ')' if rows == GLOBAL else args[0]}"]
+        if op.kind is OpKind.NORMALISATION:
+            return self._softmax(node_id, rows, args[0])
+        if op.kind is OpKind.PRODUCT:
             return [f"{target} = {self._matmul(node, rows, args, shapes)}"]
         raise NotImplementedError(f"no Triton rule for op {node.op}")
 

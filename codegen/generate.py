@@ -11,35 +11,47 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from genomec.ir import Compiled, format_ir
+from genomec.genome import ops as registry
+from genomec.genome.ops import OPS, OpKind
+from genomec.ir import Compiled, analysis, format_ir
 
 from . import template as T
 from .emit import GLOBAL, KEY, PAIR, QUERY, Emitter, var
-from .backward import BACKWARD_CONSTEXPRS, BackwardSchedule, backward_schedule, format_backward, forward_save_lines, generate_backward
-from .schedule import AttentionKernel, KeyPass, ReductionKernel, Schedule, format_schedule, schedule
+from .backward import (
+    BACKWARD_CONSTEXPRS, BackwardKind, BackwardSchedule, backward_schedule, format_backward, forward_save_lines, generate_backward,
+)
+from .schedule import AttentionKernel, KernelRole, KeyPass, PassKind, ReductionKernel, Schedule, format_schedule, schedule
 
 GENERATOR_VERSION = "genomec-codegen/1"
 # Backward kernels with one program per query (or token) block; attention_bwd_keys has one
 # per key block, attention_bwd_global one per (batch, head).
 PER_BLOCK_BACKWARD_KERNELS = (
-    "attention_bwd_prepare", "attention_bwd_queries", "attention_bwd_query_rows", "attention_bwd_state_rows", "attention_bwd_column_rows",
+    KernelRole.BWD_PREPARE, KernelRole.BWD_QUERIES, KernelRole.BWD_QUERY_ROWS, KernelRole.BWD_STATE_ROWS, KernelRole.BWD_COLUMN_ROWS,
 )
 
 
 def generator_fingerprint() -> str:
     """The version plus a digest of everything the generated source is made from (this
-    package's code and the registry's Triton spellings): the kernel cache keys on it, so an
-    edited template or spelling never serves stale kernels."""
+    package's code, the op registry with its kinds, spellings and helpers, and the IR
+    analyses the scheduler reads): the kernel cache keys on it, so an edited template,
+    spelling or helper never serves stale kernels."""
     global _FINGERPRINT
     if _FINGERPRINT is None:
-        from genomec.genome.ops import OPS
-
         digest = hashlib.sha256()
-        for path in sorted(Path(__file__).parent.glob("*.py")):
+        for path in sorted(Path(__file__).parent.glob("*.py")) + [Path(registry.__file__), Path(analysis.__file__)]:
             digest.update(path.read_bytes())
         digest.update(repr(sorted((name, op.triton, op.triton_vjp) for name, op in OPS.items())).encode())
         _FINGERPRINT = f"{GENERATOR_VERSION}+{digest.hexdigest()[:12]}"
     return _FINGERPRINT
+
+
+def helper_sources(backward: bool = False) -> str:
+    """The registry's Triton helpers (`Op.triton_helpers`, or `Op.triton_vjp_helpers`), each
+    once, grouped by op kind in OpKind's order and in registry order within a kind (the
+    order generated modules have always had); keep_what_is_called drops the uncalled ones."""
+    ops = sorted(OPS.values(), key=lambda op: list(OpKind).index(op.kind))
+    sources = dict.fromkeys(source for op in ops for source in (op.triton_vjp_helpers if backward else op.triton_helpers))
+    return "".join("\n\n" + source for source in sources)
 
 
 _FINGERPRINT: str | None = None
@@ -110,8 +122,9 @@ def generate(compiled: Compiled) -> GeneratedModule:
         ir=_comment(format_ir(compiled.simplified)),
         schedule=_comment(format_schedule(sched) + "\n" + format_backward(plan)),
     )
+    source += helper_sources()
     if plan.fused:
-        source += T.BACKWARD_HELPERS
+        source += helper_sources(backward=True)
     kernels = []
     if sched.reduction is not None:
         text, interface = _reduction_kernel(sched, sched.reduction)
@@ -125,7 +138,7 @@ def generate(compiled: Compiled) -> GeneratedModule:
             source += text
             kernels.append(
                 KernelInterface(name, params, BACKWARD_CONSTEXPRS, per_query_block=name in PER_BLOCK_BACKWARD_KERNELS,
-                                per_key_block=name == "attention_bwd_keys", backward=True)
+                                per_key_block=name == KernelRole.BWD_KEYS, backward=True)
             )
     return GeneratedModule(compiled.hash, sched, keep_what_is_called(source), tuple(kernels), plan)
 
@@ -217,7 +230,7 @@ def _reduction_kernel(sched: Schedule, kernel: ReductionKernel):
 
 def _attention_kernel(sched: Schedule, kernel: AttentionKernel, plan: BackwardSchedule):
     ir = sched.ir
-    online = next((p.softmaxes[0] for p in kernel.key_passes if p.kind == "online"), None)
+    online = next((p.softmaxes[0] for p in kernel.key_passes if p.kind == PassKind.ONLINE), None)
     emitter = Emitter(ir, sched.kinds, online_softmax=online)
 
     global_lines = [
@@ -236,7 +249,7 @@ def _attention_kernel(sched: Schedule, kernel: AttentionKernel, plan: BackwardSc
     inputs = _inputs_read(used_values)
     params = _params(inputs, out=True, sched=sched)
     constexprs = ATTENTION_CONSTEXPRS
-    saves = plan.fused and plan.kind == "keys"  # ([d,d] states are in the reduction kernel's buffer already)
+    saves = plan.fused and plan.kind == BackwardKind.KEYS  # ([d,d] states are in the reduction kernel's buffer already)
     if saves:  # the forward also saves what the backward reads, when asked
         saved = ("lse_ptr",) if plan.softmaxes else ()
         params = params[:-2] + saved + ("saved_ptr",) + params[-2:]
@@ -258,7 +271,7 @@ def _attention_kernel(sched: Schedule, kernel: AttentionKernel, plan: BackwardSc
 def _key_pass(ir, emitter: Emitter, index: int, p: KeyPass) -> str:
     key_values = [line for n in p.key_values for line in emitter.emit(n, KEY)]
     pair_values = [line for n in p.pair_values for line in emitter.emit(n, PAIR)]
-    if p.kind == "statistics":
+    if p.kind == PassKind.STATISTICS:
         return T.KEY_LOOP.format(
             index=index,
             title=f"row statistics of {', '.join(p.softmaxes)}",
@@ -269,7 +282,7 @@ def _key_pass(ir, emitter: Emitter, index: int, p: KeyPass) -> str:
             update=_indent([T.ROW_STATISTICS_UPDATE.format(s=s, x=var(ir.node(s).operands[0], PAIR)) for s in p.softmaxes], 8),
             finish=_indent([T.ROW_STATISTICS_FINISH.format(s=s) for s in p.softmaxes], 4),
         )
-    online = p.kind == "online"
+    online = p.kind == PassKind.ONLINE
     s = p.softmaxes[0] if online else None
     init = [T.ROW_STATISTICS_INIT.format(s=s)] if online else []
     init += [T.ACCUMULATOR_INIT.format(c=c) for c in p.contractions]

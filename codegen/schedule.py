@@ -1,16 +1,9 @@
 """The scheduler: which kernels, passes and loops compute an attention graph (SPEC 3, Schedule).
 
-Every node is classified by index space and by what it needs:
-
-- *pre* token values (`[N,d]`, `[d,N]`) are pointwise in the token: computed from the
-  inputs (and global values) for whichever rows a kernel holds, query rows or key rows.
-- *pair* values (`[N,N]`) live only in registers, one (query block, key block) tile at a
-  time: scores (`matmul` of a query-side and a key-side value, `cos`, `euc`), elementwise
-  ops, and softmax over keys, which needs row statistics (max, sum).
-- *contractions* `matmul(pair, pre)` accumulate over key blocks into `[BLOCK_M, d]`.
-- *post* token values depend on a contraction: computed for query rows after the loop.
-- *global* values (`[d,d]`, and the column statistics of a softmax over tokens of a
-  `[d,N]` value) come from a reduction kernel that runs first, one program per head.
+Every node is classified by index space and by what it needs, into a NodeKind (below): token
+values computed for whichever rows a kernel holds, pair tiles in registers, contractions over
+the keys, values after them, and the reduction kernel's values over all tokens, which runs
+first. The op's kind in the registry (`Op.kind`) says which rules apply.
 
 Passes over the key blocks: a softmax whose result reaches the contractions only through
 linear ops gets online (rescaled) normalisation in the one accumulation pass; otherwise
@@ -29,11 +22,64 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 
-from genomec.genome.ops import HEAD, OPS, TOKENS
+from genomec.genome.ops import HEAD, OPS, TOKENS, OpKind, TextEnum
+from genomec.ir.analysis import is_score, row_local
 from genomec.ir.graph import INPUT_OP, IR, PAIR_SPACE, TOKEN_SPACE
-from genomec.ir.reference import _row_local
 
-SCORE_OPS = ("matmul", "cos", "euc")  # [N,d] x [N,d]-ish -> [N,N]
+
+class NodeKind(TextEnum):
+    """What the scheduler makes of a node (`Schedule.kinds`).
+
+    PRE             token value ([N,d], [d,N]) pointwise in the token: computed from the inputs
+                    (and global values) for whichever rows a kernel holds, query or key rows
+    PAIR            [N,N] value, only in registers, one (query block, key block) tile at a time:
+                    scores (cos, euc, a product of a query-side and a key-side value),
+                    elementwise ops, and softmax over keys, which needs row statistics (max, sum)
+    CONTRACTION     matmul(pair, pre): accumulated over key blocks into [BLOCK_M, d]
+    POST            token value that depends on a contraction: query rows, after the key loop
+    COLUMN_SOFTMAX  softmax over tokens of a [d,N] value: its column statistics (max, sum) come
+                    from the reduction kernel; otherwise used like a pre value
+    REDUCTION       [d,N] @ [N,d] -> [d,d], accumulated over all tokens by the reduction kernel
+    GLOBAL          [d,d] value computed from the reductions
+    """
+
+    PRE = "pre"
+    PAIR = "pair"
+    CONTRACTION = "contraction"
+    POST = "post"
+    COLUMN_SOFTMAX = "colsoftmax"
+    REDUCTION = "reduction"
+    GLOBAL = "global"
+
+
+# The values a kernel computes for the rows it holds (query rows, key rows or token rows).
+TOKEN_KINDS = (NodeKind.PRE, NodeKind.COLUMN_SOFTMAX)
+
+
+class PassKind(TextEnum):
+    """What one loop over the tokens does (`genomec compile` lists them per kernel)."""
+
+    STATISTICS = "statistics"  # over key blocks: row max and sum of softmaxes over keys
+    ONLINE = "online"  # over key blocks: the contractions, one softmax normalised online
+    ACCUMULATE = "accumulate"  # over key blocks: the contractions
+    COLUMN_STATISTICS = "column statistics"  # reduction kernel: column max and sum of softmaxes over tokens
+    REDUCE = "reduce"  # reduction kernel: the [d,d] reductions
+
+
+class KernelRole(TextEnum):
+    """The kernels of a generated module; the value is the kernel's name (in the source, the
+    cache entry and the manifest)."""
+
+    REDUCE_TOKENS = "reduce_tokens"  # forward, per (batch, head): the reductions over all tokens
+    ATTENTION = "attention_fwd"  # forward, per query block
+    # the backward (backward_plan.py, backward_kernels.py)
+    BWD_PREPARE = "attention_bwd_prepare"  # per query block: contractions' cotangents, softmax row terms
+    BWD_KEYS = "attention_bwd_keys"  # per key block: the key side
+    BWD_QUERIES = "attention_bwd_queries"  # per query block: the query side
+    BWD_GLOBAL = "attention_bwd_global"  # per (batch, head): cotangents of the [d,d] states, column terms
+    BWD_QUERY_ROWS = "attention_bwd_query_rows"  # per token block: the query rows' share (no key loop)
+    BWD_STATE_ROWS = "attention_bwd_state_rows"  # per token block: the reductions' operands' share
+    BWD_COLUMN_ROWS = "attention_bwd_column_rows"  # per token block: the softmaxes over tokens, next to a key loop
 
 
 class OutsideFusedClass(Exception):
@@ -54,7 +100,7 @@ class NeedsStage(OutsideFusedClass):
 class KeyPass:
     """One loop over the key blocks of a query block."""
 
-    kind: str  # "statistics" (row max/sum of softmaxes), "online" or "accumulate"
+    kind: PassKind  # STATISTICS, ONLINE or ACCUMULATE
     softmaxes: tuple[str, ...] = ()  # whose statistics this pass computes
     key_values: tuple[str, ...] = ()  # pre token values computed for the key rows
     pair_values: tuple[str, ...] = ()  # pair values computed per tile, in order
@@ -65,22 +111,22 @@ class KeyPass:
 class ReductionKernel:
     """One program per (batch, head): loops over all tokens for the global values."""
 
-    name: str
+    name: KernelRole
     column_softmaxes: tuple[str, ...]  # softmax over tokens of [d,N] values: column max/sum
     statistics_values: tuple[str, ...]  # token values the statistics pass computes
     reductions: tuple[str, ...]  # [d,N] @ [N,d] -> [d,d], accumulated over tokens
     reduction_values: tuple[str, ...]  # token values the accumulation pass computes
 
     @property
-    def passes(self) -> list[str]:
-        return (["column statistics"] if self.column_softmaxes else []) + (["reduce"] if self.reductions else [])
+    def passes(self) -> list[PassKind]:
+        return ([PassKind.COLUMN_STATISTICS] if self.column_softmaxes else []) + ([PassKind.REDUCE] if self.reductions else [])
 
 
 @dataclass(frozen=True)
 class AttentionKernel:
     """One program per (batch, head, query block)."""
 
-    name: str
+    name: KernelRole
     globals_loaded: tuple[str, ...]  # reductions written by the reduction kernel
     global_values: tuple[str, ...]  # values computed from them ([d,d] ops)
     query_values: tuple[str, ...]  # pre token values computed for the query rows
@@ -88,7 +134,7 @@ class AttentionKernel:
     post_values: tuple[str, ...]  # token values after the contractions, query rows
 
     @property
-    def passes(self) -> list[str]:
+    def passes(self) -> list[PassKind]:
         return [p.kind for p in self.key_passes]
 
 
@@ -102,7 +148,7 @@ class Schedule:
     attention: AttentionKernel | None = None
     column_softmaxes: tuple[str, ...] = ()  # indices into the statistics buffer
     reductions: tuple[str, ...] = ()  # indices into the global buffer
-    kinds: dict = field(default_factory=dict)  # node -> pre | post | pair | global | contraction
+    kinds: dict[str, NodeKind] = field(default_factory=dict)
 
     @property
     def kernels(self) -> list:
@@ -130,65 +176,65 @@ def schedule(ir: IR) -> Schedule:
 # -- classification ----------------------------------------------------------------------
 
 
-def _classify(ir: IR) -> dict[str, str]:
-    """node -> pre | post | pair | contraction | global | colsoftmax, or raise."""
-    kinds: dict[str, str] = {}
+def _classify(ir: IR) -> dict[str, NodeKind]:
+    """node -> its NodeKind, or raise."""
+    kinds: dict[str, NodeKind] = {}
     for node_id, node in ir.nodes():
         if node.op == INPUT_OP:
-            kinds[node_id] = "pre"
+            kinds[node_id] = NodeKind.PRE
             continue
         operand_kinds = [kinds[o] for o in node.operands]
         shapes = [ir.node(o).shape for o in node.operands]
         op = OPS[node.op]
         where = f"node '{node_id}' ({node})"
+        left_space = ir.node(node.operands[0]).space
 
         if node.space == PAIR_SPACE:
-            is_score = node.op in ("cos", "euc") or (node.op == "matmul" and shapes[0][1] == HEAD)  # [N,d] x [d,N]
-            if is_score:
+            if is_score(ir, node_id):  # cos, euc, [N,d] @ [d,N]
                 _raise_for_stage(ir, kinds, node.operands, where, "the score operand")
-                if any(k not in ("pre", "colsoftmax") for k in operand_kinds):
+                if any(k not in TOKEN_KINDS for k in operand_kinds):
                     raise OutsideFusedClass(f"{where}: scores need per-token operands (a value after a contraction would need a second stage)")
-                if node.op == "matmul" and not (shapes[0] == (TOKENS, HEAD) and shapes[1] == (HEAD, TOKENS)):
+                if op.kind is OpKind.PRODUCT and not (shapes[0] == (TOKENS, HEAD) and shapes[1] == (HEAD, TOKENS)):
                     raise OutsideFusedClass(f"{where}: unsupported score shapes")
-                kinds[node_id] = "pair"
-            elif node.op == "softmax" or op.elementwise:
-                if any(k != "pair" for k in operand_kinds):
+                kinds[node_id] = NodeKind.PAIR
+            elif op.kind in (OpKind.NORMALISATION, OpKind.ELEMENTWISE):
+                if any(k != NodeKind.PAIR for k in operand_kinds):
                     raise OutsideFusedClass(f"{where}: mixes pair and non-pair values")
-                kinds[node_id] = "pair"
+                kinds[node_id] = NodeKind.PAIR
             else:  # transpose, or matmul of two pair values
                 raise OutsideFusedClass(f"{where}: {node.op} of pair values ([N,N] x [N,N] or transposed) is not fusable")
         elif node.space == TOKEN_SPACE:
-            if node.op == "matmul" and ir.node(node.operands[0]).space == PAIR_SPACE:
+            if op.kind is OpKind.PRODUCT and left_space == PAIR_SPACE:
                 _raise_for_stage(ir, kinds, node.operands[1:], where, "the contracted value")
-                if operand_kinds[1] not in ("pre", "colsoftmax") or shapes[1] != (TOKENS, HEAD):
+                if operand_kinds[1] not in TOKEN_KINDS or shapes[1] != (TOKENS, HEAD):
                     raise OutsideFusedClass(f"{where}: a contraction over keys of a value that is not per-token pointwise")
-                kinds[node_id] = "contraction"
-            elif node.op == "matmul" and ir.node(node.operands[0]).space == TOKEN_SPACE and shapes[0][1] == TOKENS:
+                kinds[node_id] = NodeKind.CONTRACTION
+            elif op.kind is OpKind.PRODUCT and left_space == TOKEN_SPACE and shapes[0][1] == TOKENS:
                 raise OutsideFusedClass(f"{where}: contraction over queries (a [d,N] @ [N,N] product) is not fusable")
-            elif node.op == "softmax" and node.shape[1] == TOKENS:
+            elif op.kind is OpKind.NORMALISATION and op.reduces_tokens(*shapes):
                 # softmax over tokens of a [d,N] value: column statistics from the reduction kernel
                 _raise_for_stage(ir, kinds, node.operands, where, "the value", globals_ok=False, with_statistics=True)
-                if operand_kinds[0] != "pre" or _needs_global(ir, kinds, node.operands[0], with_statistics=True):
+                if operand_kinds[0] != NodeKind.PRE or _needs_global(ir, kinds, node.operands[0], with_statistics=True):
                     raise OutsideFusedClass(f"{where}: softmax over tokens of a value that needs another reduction")
-                kinds[node_id] = "colsoftmax"
-            elif node.op in ("cos", "euc"):
+                kinds[node_id] = NodeKind.COLUMN_SOFTMAX
+            elif op.kind is OpKind.SCORE:
                 raise OutsideFusedClass(f"{where}: {node.op} with a [N,N] operand is not fusable")
-            elif any(k in ("post", "contraction") for k in operand_kinds):
-                kinds[node_id] = "post"
+            elif any(k in (NodeKind.POST, NodeKind.CONTRACTION) for k in operand_kinds):
+                kinds[node_id] = NodeKind.POST
             else:
-                kinds[node_id] = "pre"
+                kinds[node_id] = NodeKind.PRE
         else:  # GLOBAL_SPACE
-            if node.op == "matmul" and ir.node(node.operands[0]).space == TOKEN_SPACE:
+            if op.kind is OpKind.PRODUCT and left_space == TOKEN_SPACE:
                 _raise_for_stage(ir, kinds, node.operands, where, "the reduced value", globals_ok=False)
-                if any(k not in ("pre", "colsoftmax") for k in operand_kinds) or any(
+                if any(k not in TOKEN_KINDS for k in operand_kinds) or any(
                     _needs_global(ir, kinds, o, with_statistics=False) for o in node.operands
                 ):
                     raise OutsideFusedClass(f"{where}: a reduction over tokens of a value that needs a contraction or another reduction")
-                kinds[node_id] = "reduction"
-            elif node.op in ("cos", "euc"):
+                kinds[node_id] = NodeKind.REDUCTION
+            elif op.kind is OpKind.SCORE:
                 raise OutsideFusedClass(f"{where}: {node.op} over tokens into [d,d] is not fusable")
             else:
-                kinds[node_id] = "global"
+                kinds[node_id] = NodeKind.GLOBAL
     return kinds
 
 
@@ -199,24 +245,26 @@ def _raise_for_stage(ir: IR, kinds: dict, operands, where: str, role: str, globa
     for operand in operands:
         if ir.node(operand).space != TOKEN_SPACE:
             continue
-        if kinds[operand] in ("post", "contraction") or not globals_ok and _needs_global(ir, kinds, operand, with_statistics):
+        if kinds[operand] in (NodeKind.POST, NodeKind.CONTRACTION) or not globals_ok and _needs_global(ir, kinds, operand, with_statistics):
             raise NeedsStage(operand, f"{where}: {role} '{operand}' depends on a reduction over tokens (it needs a stage of its own)")
 
 
 def _needs_global(ir: IR, kinds: dict, node_id: str, with_statistics: bool) -> bool:
     """True when the value reads a global value (or, with_statistics, column statistics)."""
-    wanted = ("reduction", "global", "colsoftmax") if with_statistics else ("reduction", "global")
+    wanted = (NodeKind.REDUCTION, NodeKind.GLOBAL) + ((NodeKind.COLUMN_SOFTMAX,) if with_statistics else ())
     return any(kinds.get(a) in wanted for a in nx.ancestors(ir.graph, node_id) | {node_id})
 
 
-def _token_closure(ir: IR, kinds: dict, roots) -> tuple[str, ...]:
+def token_closure(ir: IR, kinds: dict[str, NodeKind], roots) -> tuple[str, ...]:
     """The pre token values (and column softmaxes) needed to compute `roots`, in order;
-    stops at global values, which are loaded."""
+    stops at global values, which are loaded. (A kernel's values for the rows it holds: the
+    backward recomputes them the same way, so it is public; it reads the scheduler's kinds,
+    so it lives here rather than in ir.analysis.)"""
     needed: set[str] = set()
     stack = list(roots)
     while stack:
         n = stack.pop()
-        if n in needed or kinds[n] not in ("pre", "colsoftmax"):
+        if n in needed or kinds[n] not in TOKEN_KINDS:
             continue
         needed.add(n)
         stack.extend(ir.node(n).operands)
@@ -228,7 +276,7 @@ def _pair_closure(ir: IR, kinds: dict, roots) -> tuple[str, ...]:
     stack = list(roots)
     while stack:
         n = stack.pop()
-        if n in needed or kinds[n] != "pair":
+        if n in needed or kinds[n] != NodeKind.PAIR:
             continue
         needed.add(n)
         stack.extend(ir.node(n).operands)
@@ -237,19 +285,24 @@ def _pair_closure(ir: IR, kinds: dict, roots) -> tuple[str, ...]:
 
 def _key_operands(ir: IR, pair_values, contractions) -> list[str]:
     """Token values a key block needs: the key side of scores and contractions."""
-    roots = [ir.node(p).operands[1] for p in pair_values if ir.node(p).op in SCORE_OPS]
+    roots = [ir.node(p).operands[1] for p in pair_values if is_score(ir, p)]
     return roots + [ir.node(c).operands[1] for c in contractions]
+
+
+def softmaxes_over_keys(ir: IR, kinds: dict[str, NodeKind]) -> list[str]:
+    """The pair values that normalise over the keys (softmax on the pair tiles), in order."""
+    return [n for n, node in ir.nodes() if kinds.get(n) == NodeKind.PAIR and OPS[node.op].kind is OpKind.NORMALISATION]
 
 
 def _softmax_levels(ir: IR, kinds: dict) -> list[list[str]]:
     """Softmaxes over keys grouped by nesting depth (a softmax of a softmax is level 2)."""
+    softmaxes = softmaxes_over_keys(ir, kinds)
     level: dict[str, int] = {}
     for node_id, node in ir.nodes():
-        if kinds.get(node_id) != "pair":
+        if kinds.get(node_id) != NodeKind.PAIR:
             continue
         below = max((level[o] for o in node.operands if o in level), default=0)
-        level[node_id] = below + (1 if node.op == "softmax" else 0)
-    softmaxes = [n for n, node in ir.nodes() if kinds.get(n) == "pair" and node.op == "softmax"]
+        level[node_id] = below + (1 if node_id in softmaxes else 0)
     depth = max((level[s] for s in softmaxes), default=0)
     return [[s for s in softmaxes if level[s] == d] for d in range(1, depth + 1)]
 
@@ -258,13 +311,13 @@ def _online_softmax(ir: IR, kinds: dict, contractions) -> str | None:
     """The softmax to normalise online, if there is exactly one and everything between it
     and the contractions is linear and homogeneous (neg, scale, add, sub), and every
     contraction reads it: then dividing the accumulators by the row sum at the end is exact."""
-    softmaxes = [n for n, node in ir.nodes() if kinds.get(n) == "pair" and node.op == "softmax"]
+    softmaxes = softmaxes_over_keys(ir, kinds)
     if len(softmaxes) != 1:
         return None
     (s,) = softmaxes
     downstream = {s}
     for node_id, node in ir.nodes():
-        if node_id == s or kinds.get(node_id) != "pair" or not any(o in downstream for o in node.operands):
+        if node_id == s or kinds.get(node_id) != NodeKind.PAIR or not any(o in downstream for o in node.operands):
             continue
         op = OPS[node.op]
         if not (op.elementwise and op.linear and all(o in downstream for o in node.operands)):
@@ -279,48 +332,48 @@ def _online_softmax(ir: IR, kinds: dict, contractions) -> str | None:
 
 
 def _plan(ir: IR) -> Schedule:
-    if ir.causal and not _row_local(ir):
+    if ir.causal and not row_local(ir):
         raise OutsideFusedClass("causal, and a value that depends on a prefix reaches other rows (not row-local)")
     kinds = _classify(ir)
     order = [n for n, _ in ir.nodes()]
     of_kind = lambda *ks: tuple(n for n in order if kinds[n] in ks)  # noqa: E731
 
-    column_softmaxes = of_kind("colsoftmax")
-    reductions = of_kind("reduction")
-    contractions = of_kind("contraction")
-    post_values = of_kind("post")
+    column_softmaxes = of_kind(NodeKind.COLUMN_SOFTMAX)
+    reductions = of_kind(NodeKind.REDUCTION)
+    contractions = of_kind(NodeKind.CONTRACTION)
+    post_values = of_kind(NodeKind.POST)
 
     reduction = None
     if column_softmaxes or reductions:
         reduction = ReductionKernel(
-            name="reduce_tokens",
+            name=KernelRole.REDUCE_TOKENS,
             column_softmaxes=column_softmaxes,
-            statistics_values=_token_closure(ir, kinds, [ir.node(s).operands[0] for s in column_softmaxes]),
+            statistics_values=token_closure(ir, kinds, [ir.node(s).operands[0] for s in column_softmaxes]),
             reductions=reductions,
-            reduction_values=_token_closure(ir, kinds, [o for r in reductions for o in ir.node(r).operands]),
+            reduction_values=token_closure(ir, kinds, [o for r in reductions for o in ir.node(r).operands]),
         )
 
     # Query rows: the query side of scores, pre operands of post values, a pre output.
-    pair_values_all = of_kind("pair")
-    query_roots = [ir.node(p).operands[0] for p in pair_values_all if ir.node(p).op in SCORE_OPS]
-    query_roots += [o for p in post_values for o in ir.node(p).operands if kinds[o] in ("pre", "colsoftmax")]
-    if kinds[ir.output] in ("pre", "colsoftmax"):
+    pair_values_all = of_kind(NodeKind.PAIR)
+    query_roots = [ir.node(p).operands[0] for p in pair_values_all if is_score(ir, p)]
+    query_roots += [o for p in post_values for o in ir.node(p).operands if kinds[o] in TOKEN_KINDS]
+    if kinds[ir.output] in TOKEN_KINDS:
         query_roots.append(ir.output)
-    query_values = _token_closure(ir, kinds, query_roots)
+    query_values = token_closure(ir, kinds, query_roots)
 
     key_passes = []
     online = _online_softmax(ir, kinds, contractions)
     levels = [] if online else _softmax_levels(ir, kinds)
     for level in levels:
         pairs = _pair_closure(ir, kinds, [ir.node(s).operands[0] for s in level])
-        key_values = _token_closure(ir, kinds, _key_operands(ir, pairs, ()))
-        key_passes.append(KeyPass("statistics", softmaxes=tuple(level), key_values=key_values, pair_values=pairs))
+        key_values = token_closure(ir, kinds, _key_operands(ir, pairs, ()))
+        key_passes.append(KeyPass(PassKind.STATISTICS, softmaxes=tuple(level), key_values=key_values, pair_values=pairs))
     if contractions:
         pairs = _pair_closure(ir, kinds, [ir.node(c).operands[0] for c in contractions])
-        key_values = _token_closure(ir, kinds, _key_operands(ir, pairs, contractions))
+        key_values = token_closure(ir, kinds, _key_operands(ir, pairs, contractions))
         key_passes.append(
             KeyPass(
-                "online" if online else "accumulate",
+                PassKind.ONLINE if online else PassKind.ACCUMULATE,
                 softmaxes=(online,) if online else (),
                 key_values=key_values,
                 pair_values=pairs,
@@ -329,9 +382,9 @@ def _plan(ir: IR) -> Schedule:
         )
 
     # Global values used by the attention kernel: loaded reductions and what is built on them.
-    global_values = of_kind("global")
+    global_values = of_kind(NodeKind.GLOBAL)
     attention = AttentionKernel(
-        name="attention_fwd",
+        name=KernelRole.ATTENTION,
         globals_loaded=reductions,
         global_values=global_values,
         query_values=query_values,
@@ -369,9 +422,9 @@ def format_schedule(sched: Schedule) -> str:
         lines.append(f"  global values: {', '.join(a.globals_loaded + a.global_values)}")
     lines.append(f"  query-side values: {', '.join(a.query_values) or '-'}")
     for p in a.key_passes:
-        what = {"statistics": "row statistics of", "online": "online softmax", "accumulate": "accumulate"}[p.kind]
-        target = ", ".join(p.softmaxes) if p.kind == "statistics" else ", ".join(p.contractions)
-        extra = f" normalised by {p.softmaxes[0]}" if p.kind == "online" else ""
+        what = {PassKind.STATISTICS: "row statistics of", PassKind.ONLINE: "online softmax", PassKind.ACCUMULATE: "accumulate"}[p.kind]
+        target = ", ".join(p.softmaxes) if p.kind == PassKind.STATISTICS else ", ".join(p.contractions)
+        extra = f" normalised by {p.softmaxes[0]}" if p.kind == PassKind.ONLINE else ""
         lines.append(f"  pass over key blocks ({what} {target}{extra})")
         lines.append(f"    key-side values: {', '.join(p.key_values) or '-'}")
         lines.append(f"    pair values: {', '.join(p.pair_values) or '-'}")

@@ -23,10 +23,10 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from genomec.genome.ops import HEAD, INPUT_NAMES, INPUT_SHAPE, OPS, TOKENS
+from genomec.genome.ops import HEAD, INPUT_NAMES, INPUT_SHAPE, OPS, TOKENS, OpKind
 from genomec.ir import Compiled, run_passes, structural_hash
+from genomec.ir.analysis import row_local
 from genomec.ir.graph import INPUT_OP, IR, IRBuilder
-from genomec.ir.reference import _row_local
 from genomec.ir.rewrite import rewrite, rule
 
 from .schedule import OutsideFusedClass, schedule
@@ -74,7 +74,7 @@ def plan_stages(compiled: Compiled) -> StagePlan:
     single = schedule(ir)
     if single.fused:
         return StagePlan(compiled, (_whole(ir.output, compiled),))
-    if ir.causal and not _row_local(ir):
+    if ir.causal and not row_local(ir):
         causal = _causal_states_as_pairs(compiled)
         if causal is not None:
             return causal
@@ -152,8 +152,8 @@ def _value_to_write(ir: IR, value: str, cut: list[str]) -> str:
             reductions.append(node_id)  # a contraction, a [d,d] state, a softmax over tokens
             continue
         stack.extend(node.operands)
-    if len(reductions) == 1 and ir.node(reductions[0]).shape == INPUT_SHAPE and ir.node(reductions[0]).op == "matmul":
-        return reductions[0]
+    if len(reductions) == 1 and ir.node(reductions[0]).shape == INPUT_SHAPE and OPS[ir.node(reductions[0]).op].kind is OpKind.PRODUCT:
+        return reductions[0]  # an attention output (a contraction over keys)
     return value
 
 

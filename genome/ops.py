@@ -1,8 +1,10 @@
 """The op registry: every primitive of the genome language, in one place.
 
-Each entry holds the op's arity, shape rule, traits, torch reference implementation and an
-independent NumPy float64 oracle. The parser, verifier, reference executor, rewrite rules,
-mutations, `genomec ops` and the tests all read this table; adding an op touches only it.
+Each entry holds the op's arity, shape rule, structural kind, traits, torch reference
+implementation, an independent NumPy float64 oracle, and its Triton side: the spelling, the
+derivative rule and the source of the helpers they call. The parser, verifier, reference
+executor, rewrite rules, scheduler, emitter, autodiff, mutations, `genomec ops` and the tests
+all read this table; adding an elementwise or score op touches only it.
 
 Shapes are symbolic 2-tuples over "N" (tokens) and "d" (head dim). Tensors carry any
 number of leading batch axes; the ops act on the last two.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Callable
 
 import numpy as np
@@ -37,6 +40,41 @@ class ShapeError(ValueError):
 
 def format_shape(shape: Shape) -> str:
     return "[" + ",".join(shape) + "]"
+
+
+class TextEnum(str, Enum):
+    """An enum whose members are their text: f-strings, str.format, str() and json.dumps give
+    the value, as for a plain string (enum.StrEnum does the same from Python 3.11). The
+    compiler's kinds and roles are these, so what they write (generated source, cache
+    entries, manifests, `genomec show`) is the text it always was."""
+
+    __str__ = str.__str__
+    __format__ = str.__format__
+
+
+class OpKind(TextEnum):
+    """How the compiler lowers an op: the scheduler, the emitter and autodiff dispatch on it.
+
+    ELEMENTWISE    f per entry, in any index space: the registry's `triton` spelling and
+                   `triton_vjp` rule, emitted as straight-line code (neg, scale, tanh, add, ...)
+    SCORE          rows of x against rows of y, x:[a,b], y:[c,b] -> [a,c] (cos, euc): a pair
+                   tile from query rows and key rows, spelled by the registry like an
+                   elementwise op, its derivative one rule per side
+    NORMALISATION  normalised over the last axis (softmax): over keys on the pair tiles (row
+                   statistics max and sum, or online), over tokens of a [d,N] value (column
+                   statistics), or per row over the head dim; the code generator's rules are
+                   softmax's, the only op of this kind
+    PRODUCT        x @ y (matmul): a score ([N,d] @ [d,N]), a contraction over keys
+                   ([N,N] @ [N,d]), a reduction over tokens into a [d,d] state ([d,N] @ [N,d]) or
+                   a product with a [d,d] value, by its operands' index spaces
+    LAYOUT         the axes swapped, no arithmetic (transpose)
+    """
+
+    ELEMENTWISE = "elementwise"
+    SCORE = "score"
+    NORMALISATION = "normalisation"
+    PRODUCT = "product"
+    LAYOUT = "layout"
 
 
 # -- shape rules ---------------------------------------------------------------------
@@ -159,6 +197,106 @@ def _np_euc(x, y, head_dim):
     return np.sqrt(np.maximum((diff * diff).sum(-1), EUC_EPS))
 
 
+# -- Triton helpers -----------------------------------------------------------------------
+#
+# The jitted functions that the ops' Triton code calls (their spellings and derivative rules
+# below, and the emitter's softmax over the head dim), as source text: every generated module
+# offers them after the template's own helpers and constants (codegen/template.py: _dot,
+# NORM_EPS, ...) and keeps those its kernels call.
+
+_LOG1P = '''\
+@triton.jit
+def _log1p(x):
+    # log(1 + x) without losing x when it is tiny: log(u) * x / (u - 1) with u = 1 + x
+    u = 1.0 + x
+    return tl.where(u == 1.0, x, tl.log(u) * x / (u - 1.0))
+'''
+
+_TANH = '''\
+@triton.jit
+def _tanh(x):
+    # 2 sigmoid(2x) - 1 loses x's digits near 0 (1 + tiny - 1); there the odd Taylor series
+    # to x^9 is exact to fp32 (for |x| < 1/4 the next term is below 1e-9 of x)
+    x2 = x * x
+    series = x * (1.0 + x2 * (-1.0 / 3.0 + x2 * (2.0 / 15.0 + x2 * (-17.0 / 315.0 + x2 * (62.0 / 2835.0)))))
+    return tl.where(tl.abs(x) < 0.25, series, 2.0 * tl.sigmoid(2.0 * x) - 1.0)
+'''
+
+_SOFTMAX_OVER_HEAD_DIM = '''\
+@triton.jit
+def _softmax_over_head_dim(x, dim_ok):
+    x = tl.where(dim_ok, x, float("-inf"))
+    e = tl.exp(x - tl.max(x, 1)[:, None])
+    return e / tl.sum(e, 1)[:, None]
+'''
+
+_COSINE_SCORES = '''\
+@triton.jit
+def _cosine_scores(x_i, y_j, dim_ok, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    # <x_i, y_j> / (max(|x_i|, 1e-6) * max(|y_j|, 1e-6))
+    x_i = tl.where(dim_ok, x_i, 0.0)
+    y_j = tl.where(dim_ok, y_j, 0.0)
+    x_norm = tl.maximum(tl.sqrt(tl.sum(x_i * x_i, 1)), NORM_EPS)
+    y_norm = tl.maximum(tl.sqrt(tl.sum(y_j * y_j, 1)), NORM_EPS)
+    return _dot(x_i, tl.trans(y_j), DOT_DTYPE, DOT_PRECISION) / (x_norm[:, None] * y_norm[None, :])
+'''
+
+_EUCLIDEAN_SCORES = '''\
+@triton.jit
+def _euclidean_scores(x_i, y_j, dim_ok, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    # sqrt(max(|x_i|^2 + |y_j|^2 - 2 <x_i, y_j>, 1e-12))
+    x_i = tl.where(dim_ok, x_i, 0.0)
+    y_j = tl.where(dim_ok, y_j, 0.0)
+    x_sq = tl.sum(x_i * x_i, 1)
+    y_sq = tl.sum(y_j * y_j, 1)
+    squared = x_sq[:, None] + y_sq[None, :] - 2.0 * _dot(x_i, tl.trans(y_j), DOT_DTYPE, DOT_PRECISION)
+    return tl.sqrt(tl.maximum(squared, SQUARED_DISTANCE_EPS))
+'''
+
+_SOFTMAX_OVER_HEAD_DIM_VJP = '''\
+@triton.jit
+def _softmax_over_head_dim_vjp(y, dy, dim_ok):
+    # y = softmax(x) per row: dx = y * (dy - sum(y * dy))
+    dy = tl.where(dim_ok, dy, 0.0)
+    return y * (dy - tl.sum(y * dy, 1)[:, None])
+'''
+
+_COSINE_SCORES_VJP = '''\
+@triton.jit
+def _cosine_scores_vjp(x_i, y_j, scores, dscores, dim_ok, LEFT: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    # s_ij = <x_i, y_j> / (nx_i ny_j), n = max(|row|, 1e-6):
+    #   dx_i = sum_j ds_ij y_j / (nx_i ny_j) - x_i / nx_i^2 * sum_j ds_ij s_ij  (2nd term where |x_i| > 1e-6)
+    # and the same for y_j, summing over i (LEFT=False).
+    x_i = tl.where(dim_ok, x_i, 0.0)
+    y_j = tl.where(dim_ok, y_j, 0.0)
+    x_len = tl.sqrt(tl.sum(x_i * x_i, 1))
+    y_len = tl.sqrt(tl.sum(y_j * y_j, 1))
+    x_norm = tl.maximum(x_len, NORM_EPS)
+    y_norm = tl.maximum(y_len, NORM_EPS)
+    weighted = dscores / (x_norm[:, None] * y_norm[None, :])
+    if LEFT:
+        radial = tl.where(x_len > NORM_EPS, tl.sum(dscores * scores, 1) / (x_norm * x_norm), 0.0)
+        return _dot(weighted, y_j, DOT_DTYPE, DOT_PRECISION) - x_i * radial[:, None]
+    else:
+        radial = tl.where(y_len > NORM_EPS, tl.sum(dscores * scores, 0) / (y_norm * y_norm), 0.0)
+        return _dot(tl.trans(weighted), x_i, DOT_DTYPE, DOT_PRECISION) - y_j * radial[:, None]
+'''
+
+_EUCLIDEAN_SCORES_VJP = '''\
+@triton.jit
+def _euclidean_scores_vjp(x_i, y_j, scores, dscores, dim_ok, LEFT: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    # s_ij = |x_i - y_j| where unclamped: ds/dx_i = (x_i - y_j) / s_ij. With w = ds / s:
+    #   dx_i = x_i * sum_j w_ij - w @ y,   dy_j = y_j * sum_i w_ij - w^T @ x
+    x_i = tl.where(dim_ok, x_i, 0.0)
+    y_j = tl.where(dim_ok, y_j, 0.0)
+    w = tl.where(scores > NORM_EPS, dscores / scores, 0.0)  # the clamp at 1e-6 has no gradient
+    if LEFT:
+        return x_i * tl.sum(w, 1)[:, None] - _dot(w, y_j, DOT_DTYPE, DOT_PRECISION)
+    else:
+        return y_j * tl.sum(w, 0)[:, None] - _dot(tl.trans(w), x_i, DOT_DTYPE, DOT_PRECISION)
+'''
+
+
 # -- the registry -------------------------------------------------------------------
 
 
@@ -170,10 +308,13 @@ class Op:
     shape_rule: Callable[..., Shape]
     reference: Callable[..., torch.Tensor]  # torch: (*xs, head_dim, mask) -> tensor
     oracle: Callable[..., np.ndarray]  # NumPy float64: (*xs, head_dim) -> array
-    elementwise: bool = False
+    kind: OpKind  # how the compiler lowers it
     commutative: bool = False
     linear: bool = False  # linear in each operand (sign and scale move through it)
     odd: bool = False  # unary with f(-x) == -f(x)
+    # f(0) == 0 (of every operand): zero head-dim padding stays zero through it, so the
+    # emitter need not mask the padding before a reduction over the head dim
+    zero_preserving: bool = False
     reduced_axis: Callable[..., str | None] = field(default=lambda *shapes: None)
     # Operands whose rows are the output's rows (out[i] needs row i of these and all of the
     # others). None: every operand (the elementwise case).
@@ -182,18 +323,30 @@ class Op:
     row_mask_ok: bool = False
     paper_group: bool = False  # in the first op group of AutoBERT-Zero
     mutation_weight: float = 1.0
-    # Triton spelling of an elementwise op, a format string over operand variables
-    # ({0}, {1}) in fp32; the code generator emits it as one straight-line assignment. It may
-    # call the helpers every generated module defines (codegen/template.py: _log1p, _tanh).
-    # None: a structural op (transpose, softmax, matmul, cos, euc) the scheduler lowers.
+    # Triton spelling, a format string in fp32 that the code generator emits as one
+    # straight-line assignment: of an elementwise op over its operand variables ({0}, {1});
+    # of a score op over the query rows {0} and the key rows {1}, giving the pair tile.
+    # None: an op the code generator lowers by its kind (softmax, matmul, transpose).
     triton: str | None = None
-    # Derivative rule of an elementwise op: the Triton spelling of each operand's
-    # vector-Jacobian product, format strings over {x}, {y} (the operands), {out} (the
-    # op's value) and {grad} (the cotangent of the output), in fp32. The backward code
-    # generator emits them as straight-line `dt3 = ...` lines. None for the structural ops,
-    # whose backward the scheduler lowers (softmax over keys: P * (dP - rowsum(P * dP)); scores
-    # and contractions: matmuls of the cotangent tile with the other side's rows).
+    # Derivative rule: the Triton spelling of each operand's vector-Jacobian product, format
+    # strings over {x}, {y} (the operands), {out} (the op's value) and {grad} (the cotangent
+    # of the output), in fp32. Elementwise: the backward code generator emits them as
+    # straight-line `dt3 = ...` lines. Score: {x} the query rows, {y} the key rows, {grad} the
+    # cotangent tile (zero where a pair takes no part); the first rule is the query side's
+    # share summed over the key block, the second the key side's summed over the query block.
+    # None for the ops lowered by kind, whose backward the code generator writes out (softmax
+    # over keys: P * (dP - rowsum(P * dP)); q k^T scores and contractions: matmuls of the
+    # cotangent tile with the other side's rows).
     triton_vjp: tuple[str, ...] | None = None
+    # Source of the jitted helpers that the op's Triton code calls (its spelling, or the
+    # emitter's rule for its kind), and those its derivative calls: a generated module
+    # defines each one that it calls, once.
+    triton_helpers: tuple[str, ...] = ()
+    triton_vjp_helpers: tuple[str, ...] = ()
+
+    @property
+    def elementwise(self) -> bool:
+        return self.kind is OpKind.ELEMENTWISE
 
     def shape(self, *shapes: Shape) -> Shape:
         if len(shapes) != self.arity:
@@ -217,7 +370,7 @@ def _unary(name, definition, torch_fn, np_fn, **traits) -> Op:
         shape_rule=_same_shape,
         reference=lambda x, *, head_dim, mask: torch_fn(x),
         oracle=lambda x, head_dim: np_fn(x),
-        elementwise=True,
+        kind=OpKind.ELEMENTWISE,
         **traits,
     )
 
@@ -230,13 +383,14 @@ def _binary(name, definition, torch_fn, np_fn, **traits) -> Op:
         shape_rule=_identical_shapes(name),
         reference=lambda x, y, *, head_dim, mask: torch_fn(x, y),
         oracle=lambda x, y, head_dim: np_fn(x, y),
-        elementwise=True,
+        kind=OpKind.ELEMENTWISE,
         **traits,
     )
 
 
 _OPS = [
-    _unary("neg", "-x", torch.neg, np.negative, triton="-{0}", triton_vjp=("-{grad}",), linear=True, odd=True, paper_group=True),
+    _unary("neg", "-x", torch.neg, np.negative, triton="-{0}", triton_vjp=("-{grad}",), linear=True, odd=True, zero_preserving=True,
+           paper_group=True),
     Op(
         name="transpose",
         arity=1,
@@ -244,8 +398,10 @@ _OPS = [
         shape_rule=_transpose_shape,
         reference=lambda x, *, head_dim, mask: x.transpose(-1, -2),
         oracle=lambda x, head_dim: np.swapaxes(x, -1, -2),
+        kind=OpKind.LAYOUT,
         rows_from=(),
         linear=True,
+        zero_preserving=True,
         paper_group=True,
     ),
     Op(
@@ -257,9 +413,10 @@ _OPS = [
         oracle=lambda x, head_dim: x * head_dim**-0.5,
         triton="{0} * HEAD_SCALE",  # HEAD_SCALE: the kernel's constexpr d**-0.5
         triton_vjp=("{grad} * HEAD_SCALE",),
-        elementwise=True,
+        kind=OpKind.ELEMENTWISE,
         linear=True,
         odd=True,
+        zero_preserving=True,
         paper_group=True,
     ),
     Op(
@@ -269,9 +426,12 @@ _OPS = [
         shape_rule=_same_shape,
         reference=_softmax,
         oracle=_np_softmax,
+        kind=OpKind.NORMALISATION,
         reduced_axis=_last_axis_of_first,
         row_mask_ok=True,
         paper_group=True,
+        triton_helpers=(_SOFTMAX_OVER_HEAD_DIM,),  # the rule over the head dim
+        triton_vjp_helpers=(_SOFTMAX_OVER_HEAD_DIM_VJP,),
     ),
     _unary(
         "logsigmoid",
@@ -280,10 +440,11 @@ _OPS = [
         lambda x: -np.logaddexp(0.0, -x),
         triton="tl.minimum({0}, 0.0) - _log1p(tl.exp(-tl.abs({0})))",  # -softplus(-x), stable
         triton_vjp=("{grad} * tl.sigmoid(-{x})",),  # d/dx log(sigmoid(x)) = 1 - sigmoid(x)
+        triton_helpers=(_LOG1P,),
         paper_group=True,
     ),
-    _unary("softsign", "x / (1 + abs(x))", lambda x: x / (1 + x.abs()), lambda x: x / (1 + np.abs(x)), odd=True, paper_group=True,
-           triton="{0} / (1.0 + tl.abs({0}))", triton_vjp=("{grad} / ((1.0 + tl.abs({x})) * (1.0 + tl.abs({x})))",)),
+    _unary("softsign", "x / (1 + abs(x))", lambda x: x / (1 + x.abs()), lambda x: x / (1 + np.abs(x)), odd=True, zero_preserving=True,
+           paper_group=True, triton="{0} / (1.0 + tl.abs({0}))", triton_vjp=("{grad} / ((1.0 + tl.abs({x})) * (1.0 + tl.abs({x})))",)),
     Op(
         name="sqrt",
         arity=1,
@@ -294,27 +455,30 @@ _OPS = [
         triton="tl.where({0} > 0, 1.0, tl.where({0} < 0, -1.0, 0.0)) * (tl.sqrt(tl.abs({0}) + 1e-6) - 1e-3)",
         # d/dx = 1 / (2 sqrt(|x| + 1e-6)) for x != 0; 0 at x == 0 (sign(0) = 0, as torch has it)
         triton_vjp=("tl.where({x} != 0, {grad} * 0.5 / tl.sqrt(tl.abs({x}) + 1e-6), 0.0)",),
-        elementwise=True,
+        kind=OpKind.ELEMENTWISE,
         odd=True,
+        zero_preserving=True,
         paper_group=True,
     ),
     _unary("sigmoid", "1 / (1 + exp(-x))", torch.sigmoid, lambda x: 0.5 * (1 + np.tanh(0.5 * x)), triton="tl.sigmoid({0})",
            # sigmoid(x) sigmoid(-x), not out * (1 - out): no cancellation where sigmoid(x) ~ 1
            triton_vjp=("{grad} * tl.sigmoid({x}) * tl.sigmoid(-{x})",)),
-    _unary("tanh", "tanh(x)", torch.tanh, np.tanh, odd=True, triton="_tanh({0})",  # exact near 0 too
+    _unary("tanh", "tanh(x)", torch.tanh, np.tanh, odd=True, zero_preserving=True, triton="_tanh({0})",  # exact near 0 too
+           triton_helpers=(_TANH,),
            # 1 - tanh(x)^2 = 4 sigmoid(2x) sigmoid(-2x), without the cancellation where |tanh(x)| ~ 1
            triton_vjp=("{grad} * 4.0 * tl.sigmoid(2.0 * {x}) * tl.sigmoid(-2.0 * {x})",)),
-    _unary("relu", "max(x, 0)", torch.relu, lambda x: np.maximum(x, 0.0), triton="tl.maximum({0}, 0.0)",
+    _unary("relu", "max(x, 0)", torch.relu, lambda x: np.maximum(x, 0.0), zero_preserving=True, triton="tl.maximum({0}, 0.0)",
            triton_vjp=("tl.where({x} > 0, {grad}, 0.0)",)),
-    _unary("abs", "abs(x)", torch.abs, np.abs, triton="tl.abs({0})",
+    _unary("abs", "abs(x)", torch.abs, np.abs, zero_preserving=True, triton="tl.abs({0})",
            triton_vjp=("tl.where({x} > 0, {grad}, tl.where({x} < 0, -{grad}, 0.0))",)),
-    _binary("add", "x + y (same shape)", torch.add, np.add, commutative=True, linear=True, paper_group=True, triton="{0} + {1}",
-            triton_vjp=("{grad}", "{grad}")),
-    _binary("sub", "x - y (same shape)", torch.sub, np.subtract, linear=True, triton="{0} - {1}",
+    _binary("add", "x + y (same shape)", torch.add, np.add, commutative=True, linear=True, zero_preserving=True, paper_group=True,
+            triton="{0} + {1}", triton_vjp=("{grad}", "{grad}")),
+    _binary("sub", "x - y (same shape)", torch.sub, np.subtract, linear=True, zero_preserving=True, triton="{0} - {1}",
             triton_vjp=("{grad}", "-{grad}")),
-    _binary("mul", "x * y elementwise (same shape)", torch.mul, np.multiply, commutative=True, triton="{0} * {1}",
+    _binary("mul", "x * y elementwise (same shape)", torch.mul, np.multiply, commutative=True, zero_preserving=True, triton="{0} * {1}",
             triton_vjp=("{grad} * {y}", "{grad} * {x}")),
-    _binary("max", "elementwise maximum (same shape)", torch.maximum, np.maximum, commutative=True, triton="tl.maximum({0}, {1})",
+    _binary("max", "elementwise maximum (same shape)", torch.maximum, np.maximum, commutative=True, zero_preserving=True,
+            triton="tl.maximum({0}, {1})",
             # ties split the cotangent evenly, as torch.maximum does
             triton_vjp=("tl.where({x} > {y}, {grad}, tl.where({x} == {y}, 0.5 * {grad}, 0.0))",
                         "tl.where({y} > {x}, {grad}, tl.where({x} == {y}, 0.5 * {grad}, 0.0))")),
@@ -325,6 +489,7 @@ _OPS = [
         shape_rule=_matmul_shape,
         reference=_matmul,
         oracle=lambda x, y, head_dim: x @ y,
+        kind=OpKind.PRODUCT,
         linear=True,
         reduced_axis=_last_axis_of_first,
         rows_from=(0,),
@@ -339,9 +504,17 @@ _OPS = [
         shape_rule=_rowwise_shape("cos"),
         reference=_cos,
         oracle=_np_cos,
+        kind=OpKind.SCORE,
         reduced_axis=_last_axis_of_first,
         rows_from=(0,),
         paper_group=True,
+        triton="_cosine_scores({0}, {1}, dim_ok, DOT_DTYPE, DOT_PRECISION)",
+        triton_vjp=(
+            "_cosine_scores_vjp({x}, {y}, {out}, {grad}, dim_ok, True, DOT_DTYPE, DOT_PRECISION)",
+            "_cosine_scores_vjp({x}, {y}, {out}, {grad}, dim_ok, False, DOT_DTYPE, DOT_PRECISION)",
+        ),
+        triton_helpers=(_COSINE_SCORES,),
+        triton_vjp_helpers=(_COSINE_SCORES_VJP,),
     ),
     Op(
         name="euc",
@@ -351,9 +524,19 @@ _OPS = [
         shape_rule=_rowwise_shape("euc"),
         reference=_euc,
         oracle=_np_euc,
+        kind=OpKind.SCORE,
         reduced_axis=_last_axis_of_first,
         rows_from=(0,),
         paper_group=True,
+        # (the emitter clamps the diagonal of euc(x, x) to NORM_EPS: the helper's
+        # |x|^2 + |y|^2 - 2<x,y> misses it)
+        triton="_euclidean_scores({0}, {1}, dim_ok, DOT_DTYPE, DOT_PRECISION)",
+        triton_vjp=(
+            "_euclidean_scores_vjp({x}, {y}, {out}, {grad}, dim_ok, True, DOT_DTYPE, DOT_PRECISION)",
+            "_euclidean_scores_vjp({x}, {y}, {out}, {grad}, dim_ok, False, DOT_DTYPE, DOT_PRECISION)",
+        ),
+        triton_helpers=(_EUCLIDEAN_SCORES,),
+        triton_vjp_helpers=(_EUCLIDEAN_SCORES_VJP,),
     ),
 ]
 

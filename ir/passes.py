@@ -18,7 +18,7 @@ import networkx as nx
 from genomec.genome.ops import OPS
 from genomec.genome.schema import AttentionGenome
 
-from .graph import IR, PAIR_SPACE, TOKEN_SPACE, IRBuilder, build_ir, format_ir, rebuild, verify
+from .graph import INPUT_OP, IR, PAIR_SPACE, TOKEN_SPACE, IRBuilder, build_ir, format_ir, rebuild, verify
 from .rewrite import rewrite, rule
 
 # -- analyses used by preconditions ------------------------------------------------------
@@ -33,7 +33,7 @@ def constant_along_last_axis(builder: IRBuilder, node_id: str) -> bool:
     if node.op in ("softmax", "matmul"):
         # softmax of a row-constant value is uniform; x @ y has constant rows if y does.
         return constant_along_last_axis(builder, node.operands[-1])
-    if node.op != "input" and OPS[node.op].elementwise:
+    if node.op != INPUT_OP and OPS[node.op].elementwise:
         return all(constant_along_last_axis(builder, o) for o in node.operands)
     return False
 
@@ -130,7 +130,7 @@ def canonicalize(ir: IR) -> IR:
     nodes renamed t0, t1, ... in the deterministic order: two graphs equal up to naming and
     operand order print the same."""
     sorted_ir = rebuild(ir)
-    names = {node_id: f"t{i}" for i, node_id in enumerate(n for n, node in sorted_ir.nodes() if node.op != "input")}
+    names = {node_id: f"t{i}" for i, node_id in enumerate(n for n, node in sorted_ir.nodes() if node.op != INPUT_OP)}
     return rebuild(sorted_ir, rename=lambda node_id, node: names[node_id])
 
 

@@ -23,6 +23,7 @@ import torch
 
 from genomec.genome.ops import OPS
 
+from .analysis import depends_on_token_reduction, row_local
 from .graph import INPUT_OP, IR
 
 
@@ -53,42 +54,10 @@ def _prepare_inputs(ir: IR, q, k, v, mask):
     return values, ref.dtype, ref.shape[-1]
 
 
-def _depends_on_token_reduction(ir: IR) -> dict[str, bool]:
-    """Node -> whether its value depends on a reduction over tokens (so on the prefix)."""
-    varies = {}
-    for node_id, node in ir.nodes():
-        if node.op == INPUT_OP:
-            varies[node_id] = False
-            continue
-        shapes = [ir.node(o).shape for o in node.operands]
-        varies[node_id] = OPS[node.op].reduces_tokens(*shapes) or any(varies[o] for o in node.operands)
-    return varies
-
-
-def _row_local(ir: IR) -> bool:
-    """True when causal semantics is a per-row prefix mask on each token reduction: every
-    prefix-dependent value is read by the output only along its own token row."""
-    varies = _depends_on_token_reduction(ir)
-    row_only = {ir.output: True}  # node -> "only row i of it is needed for output row i"
-    for node_id, node in reversed(ir.nodes()):
-        if node.op == INPUT_OP or node_id not in row_only:
-            continue
-        op = OPS[node.op]
-        if varies[node_id]:
-            if not row_only[node_id]:
-                return False
-            if op.reduces_tokens(*(ir.node(o).shape for o in node.operands)) and not op.row_mask_ok:
-                return False
-        for position, operand in enumerate(node.operands):
-            keeps = row_only[node_id] and op.keeps_rows(position)
-            row_only[operand] = row_only.get(operand, True) and keeps
-    return True
-
-
 def _evaluate(ir: IR, values: dict, head_dim: int, pad_mask=None, row_mask=None) -> torch.Tensor:
     """Run the graph. `pad_mask` [B,1,1,N] applies to every token reduction; `row_mask`
     [B,1,N,N], when given, replaces it in reductions of prefix-dependent values."""
-    varies = _depends_on_token_reduction(ir) if row_mask is not None else {}
+    varies = depends_on_token_reduction(ir) if row_mask is not None else {}
     live = nx.ancestors(ir.graph, ir.output) | {ir.output}
     for node_id, node in ir.nodes():
         if node.op == INPUT_OP or node_id not in live:
@@ -116,7 +85,7 @@ def execute(ir: IR, q=None, k=None, v=None, mask=None, causal: bool | None = Non
     if not causal:
         pad = None if mask is None else mask.to(device)[:, None, None, :]
         out = _evaluate(ir, values, head_dim, pad_mask=pad)
-    elif _row_local(ir):
+    elif row_local(ir):
         real = torch.ones(some_input.shape[0], n_tokens, dtype=torch.bool, device=device) if mask is None else mask.to(device)
         if some_input.dim() != 4:
             raise InputError(f"a causal graph takes inputs [B, H, N, d]; got {list(some_input.shape)}")

@@ -169,8 +169,10 @@ def cpu_markdown(result: dict) -> str:
 def _flex_score_mod(entry):
     """A FlexAttention score_mod when the graph is softmax(c * q k^T) v (c: scale/neg
     chain on the raw inputs), else None."""
+    from genomec.ir.graph import INPUT_OP
+
     ir = entry.compiled.simplified
-    ops = [n.op for _, n in ir.nodes() if n.op != "input"]
+    ops = [n.op for _, n in ir.nodes() if n.op != INPUT_OP]
     if ops in (["transpose", "matmul", "scale", "softmax", "matmul"],) and ir.inputs == ("q", "k", "v"):
         return "scale"
     return None

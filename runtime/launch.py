@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from genomec.codegen.backward import backward_schedule
+from genomec.codegen.backward import BackwardKind, backward_schedule
 from genomec.codegen.modules import import_module_file, use_interpreter
 from genomec.codegen.schedule import schedule
 from genomec.codegen.template import ROW_STAT_ROWS
@@ -198,7 +198,7 @@ class CompiledAttention(torch.nn.Module):
         args["delta_ptr"] = torch.empty(max(1, batch * heads * ROW_STAT_ROWS * len(plan.softmaxes) * seq_len), **fp32)
         args["column_delta_ptr"] = torch.empty(max(1, batch * heads * len(plan.column_softmaxes) * head_dim_pad(head_dim)), **fp32)
         # next to a pass over keys, the kernels add their shares of each column softmax's dP here
-        column_grads = len(plan.column_softmaxes) if plan.kind == "keys" else 0
+        column_grads = len(plan.column_softmaxes) if plan.kind == BackwardKind.KEYS else 0
         args["dcolumn_ptr"] = torch.zeros(max(1, batch * heads * column_grads * seq_len * head_dim), **fp32)
         for n in used:
             args[f"d{n}_ptr"] = torch.zeros(ref.shape, **fp32)

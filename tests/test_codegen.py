@@ -19,7 +19,7 @@ from genomec.codegen import generate, schedule
 from genomec.codegen.stages import plan_stages
 from genomec.genome import attention_graphs, load_genome, parse_genome
 from genomec.ir import execute, lower
-from genomec.ir.reference import _row_local
+from genomec.ir.analysis import row_local
 from genomec.runtime import KernelCache, load
 from strategies import attention_genomes, fused_genomes
 
@@ -82,7 +82,7 @@ def test_zoo_graph_matches_reference_causal(name, genome, cache):
     compiled = lower(dataclasses.replace(genome, causal=True))
     module = check_against_reference(compiled, cache, shape=(1, 2, 21, 16), seed=3)
     assert module.fused == (name not in CAUSAL_FALLBACK)
-    assert module.fused or not _row_local(compiled.simplified)
+    assert module.fused or not row_local(compiled.simplified)
 
 
 @pytest.mark.parametrize("head_dim", [48, 96])

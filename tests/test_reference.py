@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 from conftest import zoo_graphs
 from genomec.genome import parse_genome
 from genomec.ir import InputError, execute, lower
-from genomec.ir.reference import _execute_prefixes, _row_local
+from genomec.ir.analysis import row_local
+from genomec.ir.reference import _execute_prefixes
 from literal import delete_padded_tokens, run_prefixes
 from strategies import attention_genomes, padding_masks
 
@@ -63,11 +64,11 @@ def test_zoo_causal_equals_running_each_prefix(name, genome):
 
 
 def test_row_local_detection():
-    assert _row_local(ir_of(STANDARD))
-    assert _row_local(ir_of("matmul(sqrt(softmax(scale(matmul(q, transpose(k))))), v)"))
-    assert not _row_local(ir_of("matmul(softmax(q), matmul(softmax(transpose(k)), v))"))  # a [d,d] state
+    assert row_local(ir_of(STANDARD))
+    assert row_local(ir_of("matmul(sqrt(softmax(scale(matmul(q, transpose(k))))), v)"))
+    assert not row_local(ir_of("matmul(softmax(q), matmul(softmax(transpose(k)), v))"))  # a [d,d] state
     attention_as_keys = f"matmul(softmax(matmul(q, transpose({STANDARD}))), v)"
-    assert not _row_local(ir_of(attention_as_keys))
+    assert not row_local(ir_of(attention_as_keys))
 
 
 def test_fast_causal_path_equals_the_general_one():

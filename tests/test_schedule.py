@@ -1,6 +1,7 @@
 """The scheduler: index-space classes, stages and passes per zoo genome, the fallback with
 its reason, and what the generated source may store (never a [N,N] value)."""
 
+import json
 import re
 
 import pytest
@@ -8,10 +9,12 @@ import torch
 
 from conftest import zoo_files
 from genomec.codegen import generate, schedule
-from genomec.codegen.emit import ZERO_PRESERVING
+from genomec.codegen import template as T
+from genomec.codegen.backward import BackwardKind
+from genomec.codegen.schedule import KernelRole, NodeKind, PassKind
 from genomec.codegen.stages import plan_stages
 from genomec.genome import attention_graphs, load_genome, parse_genome
-from genomec.genome.ops import OPS
+from genomec.genome.ops import OPS, OpKind
 from genomec.ir import lower
 
 
@@ -109,17 +112,44 @@ def _assert_stores_no_pair_values(source):
 
 
 def test_zero_preserving_ops_map_zero_to_zero():
-    """The emitter skips head-dim masking after these ops; the registry must agree."""
+    """The emitter skips head-dim masking after ops marked `zero_preserving`; their
+    reference implementations must agree, and the other elementwise ops must not be zero there."""
     zero = torch.zeros(2, 3)
-    for name in ZERO_PRESERVING:
-        op = OPS[name]
-        out = op.reference(*([zero] * op.arity), head_dim=4, mask=None)
-        assert (out == 0).all(), name
     for name, op in OPS.items():
-        if op.elementwise and name not in ZERO_PRESERVING:
-            assert not (op.reference(*([zero] * op.arity), head_dim=4, mask=None) == 0).all(), name
+        if op.zero_preserving or op.elementwise:
+            out = op.reference(*([zero] * op.arity), head_dim=4, mask=None)
+            assert (out == 0).all() == op.zero_preserving, name
 
 
-def test_every_elementwise_op_has_a_triton_spelling():
+def test_elementwise_and_score_ops_have_triton_spellings():
     for name, op in OPS.items():
-        assert (op.triton is not None) == op.elementwise, name
+        spelled = op.kind in (OpKind.ELEMENTWISE, OpKind.SCORE)
+        assert (op.triton is not None) == spelled, name
+        assert (op.triton_vjp is not None) == spelled, name
+        if spelled:
+            assert len(op.triton_vjp) == op.arity, name
+
+
+def _defined(sources) -> set[str]:
+    return set(re.findall(r"^def (_\w+)\(", "".join(sources), re.M))
+
+
+def _called(spellings) -> set[str]:
+    return set(re.findall(r"\b(_\w+)\(", " ".join(spellings)))
+
+
+def test_spellings_call_only_helpers_their_op_brings():
+    """An op's Triton code calls the template's generic helpers and its own (`triton_helpers`,
+    and for its derivative `triton_vjp_helpers`): adding an op touches the registry only."""
+    generic = _defined([T.HEADER])
+    for name, op in OPS.items():
+        assert _called([op.triton or ""]) <= generic | _defined(op.triton_helpers), name
+        assert _called(op.triton_vjp or ()) <= generic | _defined(op.triton_helpers + op.triton_vjp_helpers), name
+
+
+def test_kinds_and_roles_write_their_text():
+    """Kernel names and kinds go into generated source, cache entries, manifests and
+    `genomec show` as the plain text they stand for."""
+    for member in (OpKind.SCORE, NodeKind.COLUMN_SOFTMAX, PassKind.COLUMN_STATISTICS, KernelRole.ATTENTION, BackwardKind.KEYS):
+        assert f"{member}" == "{}".format(member) == str(member) == member.value
+        assert json.dumps({"kernel": member}) == json.dumps({"kernel": member.value})
