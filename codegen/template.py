@@ -35,6 +35,10 @@ import triton.language as tl
 ROW_MAX_START = tl.constexpr(-1.0e30)  # running max before any key: finite, so rescaling never makes NaN
 NORM_EPS = tl.constexpr(1e-6)  # cos clamps each row norm below at this (SPEC 2.3)
 SQUARED_DISTANCE_EPS = tl.constexpr(1e-12)  # euc clamps squared distances below at this
+# For x == y, |x|^2 + |y|^2 - 2<x, y> with an fp32 (tf32x3) dot rounds to at most 2^-19.2 of
+# |x|^2 + |y|^2 (emulated, d 24 to 128, sequential sums): below 2^-16 of it a squared
+# distance is noise, and euc takes 0 there
+DISTANCE_NOISE = tl.constexpr(2.0**-16)
 
 
 @triton.jit

@@ -215,11 +215,13 @@ def _log1p(x):
 _TANH = '''\
 @triton.jit
 def _tanh(x):
-    # 2 sigmoid(2x) - 1 loses x's digits near 0 (1 + tiny - 1); there the odd Taylor series
-    # to x^9 is exact to fp32 (for |x| < 1/4 the next term is below 1e-9 of x)
+    # sign(x) (1 - e) / (1 + e) with e = exp(-2|x|), about 1.5 ulp (2 sigmoid(2x) - 1 is twice
+    # that where tanh saturates); near 0 it loses x's digits (1 - e cancels), and there the
+    # odd Taylor series to x^9 is exact to fp32 (for |x| < 1/4 the next term is below 1e-9 of x)
     x2 = x * x
     series = x * (1.0 + x2 * (-1.0 / 3.0 + x2 * (2.0 / 15.0 + x2 * (-17.0 / 315.0 + x2 * (62.0 / 2835.0)))))
-    return tl.where(tl.abs(x) < 0.25, series, 2.0 * tl.sigmoid(2.0 * x) - 1.0)
+    e = tl.exp(-2.0 * tl.abs(x))
+    return tl.where(tl.abs(x) < 0.25, series, tl.where(x < 0, -1.0, 1.0) * ((1.0 - e) / (1.0 + e)))
 '''
 
 _SOFTMAX_OVER_HEAD_DIM = '''\
@@ -250,6 +252,12 @@ def _euclidean_scores(x_i, y_j, dim_ok, DOT_DTYPE: tl.constexpr, DOT_PRECISION: 
     x_sq = tl.sum(x_i * x_i, 1)
     y_sq = tl.sum(y_j * y_j, 1)
     squared = x_sq[:, None] + y_sq[None, :] - 2.0 * _dot(x_i, tl.trans(y_j), DOT_DTYPE, DOT_PRECISION)
+    if DOT_DTYPE == tl.float32:
+        # Below the rounding error of the three terms the difference is noise, and its square
+        # root is large: rows that coincide (different nodes of equal value, like abs(k) and
+        # max(neg(k), k)) must give the clamp, as the definition's direct differences do.
+        # (Half-precision dots round far more; there the plain formula stays.)
+        squared = tl.where(squared > DISTANCE_NOISE * (x_sq[:, None] + y_sq[None, :]), squared, 0.0)
     return tl.sqrt(tl.maximum(squared, SQUARED_DISTANCE_EPS))
 '''
 
@@ -528,8 +536,8 @@ _OPS = [
         reduced_axis=_last_axis_of_first,
         rows_from=(0,),
         paper_group=True,
-        # (the emitter clamps the diagonal of euc(x, x) to NORM_EPS: the helper's
-        # |x|^2 + |y|^2 - 2<x,y> misses it)
+        # (the emitter clamps the diagonal of euc(x, x) to NORM_EPS; rows of different nodes
+        # that coincide fall below the helper's DISTANCE_NOISE)
         triton="_euclidean_scores({0}, {1}, dim_ok, DOT_DTYPE, DOT_PRECISION)",
         triton_vjp=(
             "_euclidean_scores_vjp({x}, {y}, {out}, {grad}, dim_ok, True, DOT_DTYPE, DOT_PRECISION)",

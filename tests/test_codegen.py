@@ -61,7 +61,12 @@ def check_against_reference(compiled, cache, shape, mask=True, dtype=torch.float
     reference = execute(compiled.simplified, q.double(), k.double(), v.double(), mask=padding)
     assert out.dtype == dtype and out.shape == q.shape
     error = relative_error(out, reference)
-    assert error <= tolerance, f"relative error {error:.2e}"
+    # The reference executor in this dtype says how well-conditioned the graph is (a
+    # difference of two saturated tanh chains keeps few digits in any float32 arithmetic):
+    # ours must be as good, within a factor.
+    same_dtype_error = relative_error(execute(compiled.simplified, q, k, v, mask=padding), reference)
+    allowed = max(tolerance, 4 * same_dtype_error)
+    assert error <= allowed, f"relative error {error:.2e}; the {dtype} reference's {same_dtype_error:.2e}"
     if padding is not None:
         assert (out.transpose(1, 2)[~padding] == 0).all(), "padded rows must be 0"
     return module
@@ -155,15 +160,34 @@ def test_random_fused_class_graphs_match_reference(genome, seed, tmp_path_factor
     check_against_reference(compiled, KernelCache(tmp_path_factory.getbasetemp() / "hypothesis-kernels"), shape=(2, 1, 19, 24), seed=seed)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known limitation: euc in the kernel is |x|^2 + |y|^2 - 2<x,y>, which cancels for rows "
-    "that coincide but are different nodes (here relu(logsigmoid(k)) == 0, so y == q); needs direct differences",
+@pytest.mark.parametrize(
+    "expr",
+    [
+        "matmul(scale(euc(q, add(relu(logsigmoid(k)), q))), v)",  # relu(logsigmoid(k)) == 0, so y == q
+        "matmul(neg(euc(abs(k), max(neg(k), k))), q)",  # max(-k, k) == abs(k)
+    ],
 )
-def test_regression_euc_of_coincident_rows(cache):
-    """Found by hypothesis: relative error 1.03e-4 > 1e-4."""
-    compiled = lower(parse_genome({"expr": "matmul(scale(euc(q, add(relu(logsigmoid(k)), q))), v)"}))
-    check_against_reference(compiled, cache, shape=(2, 1, 19, 24), seed=0)
+def test_regression_euc_of_coincident_rows(expr, cache):
+    """Found by hypothesis (errors 1.0e-4 and 1.2e-4, 600x the float32 reference's): euc is
+    |x|^2 + |y|^2 - 2<x, y> in the kernel, whose rounding noise at rows that coincide but are
+    different nodes has a square root of 1e-3; below the noise the kernel takes 0, as the
+    definition's direct differences give. Tighter than the limit: the float32 reference's
+    error here is 1e-7."""
+    check_against_reference(lower(parse_genome({"expr": expr})), cache, shape=(2, 1, 19, 24), seed=0, tolerance=2e-6)
+
+
+def test_regression_saturated_tanh_chains_keep_float32_digits(cache):
+    """Found by hypothesis: a difference of two saturated tanh chains (error 3.2e-4; the
+    float32 reference's 1.1e-4): ill-conditioned in any float32 arithmetic, and the kernel's
+    tanh ((1 - e) / (1 + e), e = exp(-2|x|)) keeps it within 2.5x of the reference."""
+    expr = "matmul(sub(tanh(tanh(euc(q, k))), tanh(tanh(euc(q, add(k, q))))), v)"
+    compiled = lower(parse_genome({"expr": expr}))
+    module = load(compiled, cache)
+    q, k, v, padding = random_inputs((2, 1, 19, 24), seed=0)
+    reference = execute(compiled.simplified, q.double(), k.double(), v.double(), mask=padding)
+    ours = relative_error(module.launch(q, k, v, padding), reference)
+    float32 = relative_error(execute(compiled.simplified, q, k, v, mask=padding), reference)
+    assert float32 > 1e-4 and ours <= 2.5 * float32, (ours, float32)
 
 
 @settings(max_examples=int(os.environ.get("GENOMEC_HYPOTHESIS_EXAMPLES", "25")))
