@@ -4,6 +4,12 @@
 pipeline down to a cubin without a driver. Registers and stack come from
 `cuobjdump -res-usage` on that cubin (the binary ships in Triton's wheel), spill bytes from
 the ptxas log of that very compilation, shared memory from the compiled metadata.
+
+It compiles what a launch compiles: Triton's JIT specialises a kernel on properties of its
+arguments (16-byte aligned pointers, integers that are multiples of 16 or equal to 1), and
+those change the code (vectorised loads, cp.async, prefetching; registers and shared
+memory), so `Specialisation` gives the same properties here, by default those of a launch
+of SPEC 7's suite.
 """
 
 from __future__ import annotations
@@ -22,8 +28,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .backward import FP32_BUFFERS
-from .generate import GeneratedModule, KernelInterface
+from .abi import KernelInterface
+from .generate import GeneratedModule
 from .tiles import DOT_PRECISION, head_dim_pad
 
 DTYPES = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16"}
@@ -84,20 +90,65 @@ def _ptxas_archs(ptxas: str) -> frozenset[int]:
     return frozenset(int(n) for n in re.findall(r"'sm_(\d+)[a-z]?'", allowed))
 
 
-def _signature(kernel: KernelInterface, dtype: str) -> dict[str, str]:
-    types = {}
-    for p in kernel.params:
-        if p in ("seq_len", "num_heads"):
-            types[p] = "i32"
-        elif p == "mask_ptr":
-            types[p] = "*i8"
-        elif p in ("global_ptr", "stats_ptr") or p in FP32_BUFFERS:
-            types[p] = "*fp32"
+@dataclass(frozen=True)
+class Specialisation:
+    """The properties of a launch's arguments that Triton's JIT compiles into the kernel,
+    given to ahead-of-time compilation so that it compiles the kernel a launch runs.
+
+    Triton 3.6 to 3.9 (`JITFunction.run`: `native_specialize_impl` per argument, then
+    `backend.parse_attr`): a tensor whose data pointer is a multiple of 16 bytes gets the
+    attribute `tt.divisibility = 16`, and so does an integer that is a multiple of 16; an
+    integer equal to 1 becomes the constant 1 (`jit_int_specialisation`). Our kernels opt
+    out of none of it (no `do_not_specialize`). The runtime passes tensors from torch's
+    allocator (aligned to 512 bytes) or contiguous copies, so its pointers are aligned; it
+    passes `seq_len` (N) and `num_heads` (H) as they are, so a kernel is compiled once for
+    N a multiple of 16 and once for any other N.
+
+    The default is a launch of SPEC 7's suite (N in 1k..16k, H = 16): every pointer
+    aligned, N and H multiples of 16. `seq_len=37` gives the kernel of a length that is
+    not; `aligned_pointers=False` with such lengths, the unspecialised kernel."""
+
+    aligned_pointers: bool = True
+    seq_len: int = 4096
+    num_heads: int = 16
+
+    def __str__(self) -> str:
+        pointers = "16-byte aligned pointers" if self.aligned_pointers else "unaligned pointers"
+        return f"{pointers}, N={self.seq_len}, H={self.num_heads}"
+
+
+DEFAULT_SPECIALISATION = Specialisation()
+DIVISIBILITY = [["tt.divisibility", 16]]  # the attribute of a "D" specialisation (BaseBackend.parse_attr)
+
+
+def jit_int_specialisation(value: int) -> str:
+    """What Triton's JIT makes of an integer argument: "constant" (equal to 1, passed as the
+    constant 1), "divisible" (a multiple of 16) or "" (neither)."""
+    if value == 1:
+        return "constant"
+    return "divisible" if value % 16 == 0 else ""
+
+
+def specialise(arg_names, types: dict[str, str], ints: dict[str, int], aligned_pointers: bool):
+    """(signature, constants, attrs) of a kernel launched with integer arguments `ints` and
+    pointers aligned or not: `types` with the JIT's constant 1 turned into a constexpr, the
+    constants that adds, and ASTSource's `attrs` (keyed by the argument's index path, as the
+    JIT keys them)."""
+    signature, constants, attrs = dict(types), {}, {}
+    for name, kind in types.items():
+        if kind == "constexpr":
+            continue
+        if kind.startswith("*"):
+            divisible = aligned_pointers
         else:
-            types[p] = "*" + DTYPES[dtype]
-    for c in kernel.constexprs:
-        types[c] = "constexpr"
-    return types
+            form = jit_int_specialisation(ints[name])
+            if form == "constant":
+                signature[name], constants[name] = "constexpr", 1
+                continue
+            divisible = form == "divisible"
+        if divisible:
+            attrs[(arg_names.index(name),)] = DIVISIBILITY
+    return signature, constants, attrs
 
 
 def _constants(kernel: KernelInterface, dtype: str, head_dim: int, config, causal: bool) -> dict:
@@ -162,37 +213,26 @@ def compile_ahead_of_time(
     dtype: str = "fp16",
     head_dim: int = 64,
     config=None,
+    specialisation: Specialisation = DEFAULT_SPECIALISATION,
 ) -> list[KernelResources]:
     """Compile every kernel of a generated module (already written to `module_path`) for
-    `arch`, and report each kernel's resources."""
-    return compile_modules_ahead_of_time([(generated, module_path)], arch, dtype, head_dim, config)[0]
+    `arch`, as a launch with `specialisation` would, and report each kernel's resources."""
+    return compile_modules_ahead_of_time([(generated, module_path)], arch, dtype, head_dim, config, specialisation=specialisation)[0]
 
 
 def compile_modules_ahead_of_time(
-    modules, arch: str = "sm_90", dtype: str = "fp16", head_dim: int = 64, config=None, backward=None
+    modules, arch: str = "sm_90", dtype: str = "fp16", head_dim: int = 64, config=None, backward=None,
+    specialisation: Specialisation = DEFAULT_SPECIALISATION, passes=("forward", "backward"),
 ) -> list[list[KernelResources]]:
     """`compile_ahead_of_time` for several (generated, module_path) pairs at once; `config`
-    and `backward` are the tiles of the forward and backward kernels (default: the fixed ones).
+    and `backward` are the tiles of the forward and backward kernels (default: the fixed ones),
+    `passes` which of them to compile.
 
     Triton fixes compiled-or-interpreted once per process, when triton.language is first
     imported; a process that runs kernels on the interpreter compiles in one child process."""
     from .modules import triton_mode
-    from .tiles import backward_config, default_config
 
-    config = config or default_config(dtype, head_dim)
-    jobs = [
-        {
-            "module_path": str(module_path),
-            "kernels": [dataclasses.asdict(k) for k in generated.kernels],
-            "causal": generated.schedule.ir.causal,
-            "arch": arch,
-            "dtype": dtype,
-            "head_dim": head_dim,
-            "config": dataclasses.asdict(config),
-            "backward_config": dataclasses.asdict(backward or backward_config(dtype, head_dim)),
-        }
-        for generated, module_path in modules
-    ]
+    jobs = [aot_job(generated, module_path, arch, dtype, head_dim, config, backward, specialisation, passes) for generated, module_path in modules]
     mode = triton_mode()
     if mode == "compile" or (mode is None and os.environ.get("TRITON_INTERPRET") != "1"):
         return [_compile_job(job) for job in jobs]
@@ -206,61 +246,106 @@ def compile_modules_ahead_of_time(
     return [[KernelResources(**r) for r in job_results] for job_results in results]
 
 
-def _ast_source(fn, signature: dict, constants: dict):
+def aot_job(generated: GeneratedModule, module_path: str | Path, arch: str = "sm_90", dtype: str = "fp16", head_dim: int = 64,
+            config=None, backward=None, specialisation: Specialisation = DEFAULT_SPECIALISATION,
+            passes=("forward", "backward"), constants: dict | None = None) -> dict:
+    """What compiling a generated module's kernels takes, as JSON (a child process reads
+    it): the module file, the kernels of `passes`, the tiles of the forward and backward
+    kernels (default: the fixed ones), the launch's specialisation, and `constants` that
+    replace the constexprs' values (for example HAS_MASK=False: the variant without a mask)."""
+    from .tiles import backward_config, default_config
+
+    return {
+        "module_path": str(module_path),
+        # each kernel with its Triton signature, from the module's ABI
+        "kernels": [
+            dataclasses.asdict(k) | {"types": generated.abi.signature(k, DTYPES[dtype])}
+            for k in generated.kernels
+            if ("backward" if k.backward else "forward") in passes
+        ],
+        "causal": generated.schedule.ir.causal,
+        "arch": arch,
+        "dtype": dtype,
+        "head_dim": head_dim,
+        "config": dataclasses.asdict(config or default_config(dtype, head_dim)),
+        "backward_config": dataclasses.asdict(backward or backward_config(dtype, head_dim)),
+        "specialisation": dataclasses.asdict(specialisation),
+        "constants": constants or {},
+    }
+
+
+def _ast_source(fn, signature: dict, constants: dict, attrs: dict):
     """ASTSource with names as keys (Triton >= 3.2); the constants' keyword is `constexprs`
-    in current releases, `constants` in older ones."""
+    in current releases, `constants` in older ones; `attrs` maps an argument's index path
+    (`(3,)`) to its attributes, as the JIT passes them (Triton 3.6 to 3.9)."""
     import inspect
 
     import triton
 
     keyword = "constexprs" if "constexprs" in inspect.signature(triton.compiler.ASTSource).parameters else "constants"
-    return triton.compiler.ASTSource(fn, signature=signature, **{keyword: constants})
+    return triton.compiler.ASTSource(fn, signature=signature, attrs=attrs, **{keyword: constants})
 
 
-def _compile_job(job: dict) -> list[KernelResources]:
+def compile_kernel(fn, types: dict[str, str], constants: dict, options: dict, capability: int,
+                   specialisation: Specialisation = DEFAULT_SPECIALISATION, name: str | None = None):
+    """Compile one @triton.jit function (this process must be in compile mode) for
+    `capability`, as a launch with `specialisation` would: `types` gives each argument's
+    Triton type ("*bf16", "i32", "constexpr"), `constants` the constexprs' values, `options`
+    the launch options. Returns (Triton's compiled kernel, its KernelResources)."""
     import triton
     from triton.backends.compiler import GPUTarget
 
-    from .generate import KernelInterface
+    ints = {"seq_len": specialisation.seq_len, "num_heads": specialisation.num_heads}
+    signature, ones, attrs = specialise(fn.arg_names, types, ints, specialisation.aligned_pointers)
+    start = time.perf_counter()
+    source = _ast_source(fn, signature, {**constants, **ones}, attrs)
+    # Always run ptxas (no Triton cache hit) and keep its log, which counts spill bytes.
+    log = io.StringIO()
+    quiet = {"TRITON_DEFAULT_FP_FUSION": os.environ.get("TRITON_DEFAULT_FP_FUSION", "1")}  # today's default, said aloud
+    with _environment(TRITON_ALWAYS_COMPILE="1", TRITON_DUMP_PTXAS_LOG="1", **quiet), contextlib.redirect_stdout(log):
+        compiled = triton.compile(source, target=GPUTarget("cuda", capability, 32), options=options)
+    seconds = time.perf_counter() - start
+    usage = resource_usage(compiled.asm["cubin"])
+    spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log.getvalue())
+    spills = int(spill.group(1)) + int(spill.group(2)) if spill else usage["local"]  # older Triton: no log
+    resources = KernelResources(
+        name=name or fn.__name__,
+        registers=usage["registers"],
+        spills=spills,
+        stack=usage["stack"],
+        shared_bytes=max(int(compiled.metadata.shared), usage["shared"]),
+        compile_seconds=seconds,
+    )
+    return compiled, resources
+
+
+def compile_job(job: dict):
+    """Compile the kernels of an `aot_job` in this process (which must compile): for each,
+    (name, whether it is a backward kernel, its TileConfig, Triton's compiled kernel, its
+    KernelResources)."""
     from .modules import import_module_file
     from .tiles import TileConfig
 
     forward_config = TileConfig(**job["config"])
     backward_config = TileConfig(**job["backward_config"])
+    specialisation = Specialisation(**job.get("specialisation", {}))
     dtype, head_dim = job["dtype"], job["head_dim"]
     capability = parse_arch(job["arch"])
     module = import_module_file(job["module_path"], interpret=False)
-    results = []
     for k in job["kernels"]:
-        kernel = KernelInterface(**{**k, "params": tuple(k["params"]), "constexprs": tuple(k["constexprs"])})
-        fn = getattr(module, kernel.name)
+        kernel = KernelInterface.from_json(k)
         config = backward_config if kernel.backward else forward_config
-        start = time.perf_counter()
-        source = _ast_source(fn, _signature(kernel, dtype), _constants(kernel, dtype, head_dim, config, job["causal"]))
-        # Always run ptxas (no Triton cache hit) and keep its log, which counts spill bytes.
-        log = io.StringIO()
-        quiet = {"TRITON_DEFAULT_FP_FUSION": os.environ.get("TRITON_DEFAULT_FP_FUSION", "1")}  # today's default, said aloud
-        with _environment(TRITON_ALWAYS_COMPILE="1", TRITON_DUMP_PTXAS_LOG="1", **quiet), contextlib.redirect_stdout(log):
-            compiled = triton.compile(
-                source,
-                target=GPUTarget("cuda", capability, 32),
-                options=config.launch_options(),
-            )
-        seconds = time.perf_counter() - start
-        usage = resource_usage(compiled.asm["cubin"])
-        spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log.getvalue())
-        spills = int(spill.group(1)) + int(spill.group(2)) if spill else usage["local"]  # older Triton: no log
-        results.append(
-            KernelResources(
-                name=kernel.name,
-                registers=usage["registers"],
-                spills=spills,
-                stack=usage["stack"],
-                shared_bytes=max(int(compiled.metadata.shared), usage["shared"]),
-                compile_seconds=seconds,
-            )
+        constants = _constants(kernel, dtype, head_dim, config, job["causal"])
+        constants.update({c: v for c, v in job.get("constants", {}).items() if c in constants})
+        compiled, resources = compile_kernel(
+            getattr(module, kernel.name), k["types"], constants, config.launch_options(), capability, specialisation,
+            name=kernel.name,
         )
-    return results
+        yield kernel.name, kernel.backward, config, compiled, resources
+
+
+def _compile_job(job: dict) -> list[KernelResources]:
+    return [resources for *_, resources in compile_job(job)]
 
 
 if __name__ == "__main__":  # the child process of compile_modules_ahead_of_time: jobs on stdin, JSON out

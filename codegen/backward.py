@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from .backward_kernels import (
     BACKWARD_CONSTEXPRS,
-    FP32_BUFFERS,
     POINTERS,
     forward_save_lines,
     generate_backward,
@@ -32,6 +31,6 @@ from .backward_plan import (
 )
 
 __all__ = [
-    "BACKWARD_CONSTEXPRS", "BACKWARD_KERNELS", "COLUMN_ROWS_KERNEL", "FP32_BUFFERS", "GLOBAL_BACKWARD_KERNELS", "POINTERS",
+    "BACKWARD_CONSTEXPRS", "BACKWARD_KERNELS", "COLUMN_ROWS_KERNEL", "GLOBAL_BACKWARD_KERNELS", "POINTERS",
     "BackwardKind", "BackwardSchedule", "OutsideBackwardClass", "backward_schedule", "format_backward", "forward_save_lines", "generate_backward",
 ]

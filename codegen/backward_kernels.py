@@ -53,6 +53,7 @@ from genomec.ir.analysis import is_score, reads_state
 from genomec.ir.graph import IR, PAIR_SPACE, TOKEN_SPACE
 
 from . import template as T
+from .abi import SCALARS
 from .autodiff import Backprop, accumulator, grad, indent, static_if
 from .backward_plan import BackwardKind, BackwardSchedule
 from .emit import GLOBAL, KEY, PAIR, QUERY, Emitter, var
@@ -66,10 +67,6 @@ BACKWARD_CONSTEXPRS = (
 POINTERS = (
     "q_ptr", "k_ptr", "v_ptr", "mask_ptr", "global_ptr", "stats_ptr", "lse_ptr", "saved_ptr", "dout_ptr", "dcontraction_ptr",
     "delta_ptr", "dcolumn_ptr", "column_delta_ptr", "dglobal_ptr", "dq_ptr", "dk_ptr", "dv_ptr",
-)
-FP32_BUFFERS = (
-    "stats_ptr", "lse_ptr", "saved_ptr", "dcontraction_ptr", "delta_ptr", "dcolumn_ptr", "column_delta_ptr", "dglobal_ptr",
-    "dq_ptr", "dk_ptr", "dv_ptr",
 )
 
 
@@ -86,7 +83,7 @@ class _RecomputeEmitter(Emitter):
 def _params(text: str) -> tuple[str, ...]:
     """The pointers a kernel's finished source reads, in POINTERS order (read off the text: each
     buffer is spelled inside template.py's lines and emit.py's input loads)."""
-    return tuple(p for p in POINTERS if re.search(rf"\b{p}\b", text)) + ("seq_len", "num_heads")
+    return tuple(p for p in POINTERS if re.search(rf"\b{p}\b", text)) + SCALARS
 
 
 def forward_save_lines(plan: BackwardSchedule) -> str:

@@ -16,6 +16,7 @@ from genomec.genome.ops import OPS, OpKind
 from genomec.ir import Compiled, analysis, format_ir
 
 from . import template as T
+from .abi import SCALARS, Buffer, Element, Extent, Grid, KernelInterface, ModuleABI, Role
 from .emit import GLOBAL, KEY, PAIR, QUERY, Emitter, var
 from .backward import (
     BACKWARD_CONSTEXPRS, BackwardKind, BackwardSchedule, backward_schedule, format_backward, forward_save_lines, generate_backward,
@@ -62,32 +63,24 @@ class NotFusable(ValueError):
 
 
 @dataclass(frozen=True)
-class KernelInterface:
-    """How to launch one generated kernel: its runtime parameters in order, its constants."""
-
-    name: str
-    params: tuple[str, ...]  # pointers (`*_ptr`) and the ints seq_len, num_heads
-    constexprs: tuple[str, ...]
-    per_query_block: bool  # grid (query blocks, B*H) rather than (B*H,)
-    per_key_block: bool = False  # grid (key blocks, B*H): the backward's key-side kernel
-    backward: bool = False  # a backward kernel (launched by the autograd backward)
-
-
-@dataclass(frozen=True)
 class GeneratedModule:
     hash: str
     schedule: Schedule
     source: str
-    kernels: tuple[KernelInterface, ...]  # forward kernels, then backward kernels, each in launch order
+    abi: ModuleABI  # its kernels and buffers: what launching and compiling it need
     backward: BackwardSchedule | None = None
 
     @property
+    def kernels(self) -> tuple[KernelInterface, ...]:
+        return self.abi.kernels
+
+    @property
     def forward_kernels(self) -> tuple[KernelInterface, ...]:
-        return tuple(k for k in self.kernels if not k.backward)
+        return self.abi.forward_kernels
 
     @property
     def backward_kernels(self) -> tuple[KernelInterface, ...]:
-        return tuple(k for k in self.kernels if k.backward)
+        return self.abi.backward_kernels
 
 
 REDUCTION_CONSTEXPRS = ("HEAD_DIM", "HEAD_DIM_PAD", "HEAD_SCALE", "BLOCK_N", "HAS_MASK", "DOT_DTYPE", "DOT_PRECISION")
@@ -110,9 +103,10 @@ def _inputs_read(values) -> list[str]:
     return [n for n in ("q", "k", "v") if n in values]
 
 
-def generate(compiled: Compiled) -> GeneratedModule:
-    """The Triton module of a lowered graph. Raises NotFusable outside the fused class."""
-    sched = schedule(compiled.simplified)
+def generate(compiled: Compiled, sched: Schedule | None = None) -> GeneratedModule:
+    """The Triton module of a lowered graph, from its schedule when it is at hand (a stage's,
+    `stages.Stage.schedule`). Raises NotFusable outside the fused class."""
+    sched = sched or schedule(compiled.simplified)
     if not sched.fused:
         raise NotFusable(sched.reason)
     plan = backward_schedule(sched)
@@ -136,11 +130,40 @@ def generate(compiled: Compiled) -> GeneratedModule:
     if plan.fused:
         for name, text, params in generate_backward(sched, plan):
             source += text
-            kernels.append(
-                KernelInterface(name, params, BACKWARD_CONSTEXPRS, per_query_block=name in PER_BLOCK_BACKWARD_KERNELS,
-                                per_key_block=name == KernelRole.BWD_KEYS, backward=True)
-            )
-    return GeneratedModule(compiled.hash, sched, keep_what_is_called(source), tuple(kernels), plan)
+            grid = Grid.KEY_BLOCKS if name == KernelRole.BWD_KEYS else Grid.QUERY_BLOCKS if name in PER_BLOCK_BACKWARD_KERNELS else Grid.HEADS
+            kernels.append(KernelInterface(name, params, BACKWARD_CONSTEXPRS, grid, backward=True))
+    params = {p for k in kernels for p in k.params}
+    abi = ModuleABI(tuple(kernels), _buffers(params, sched, plan), compiled.simplified.causal, None if plan.fused else plan.reason)
+    return GeneratedModule(compiled.hash, sched, keep_what_is_called(source), abi, plan)
+
+
+def _buffers(params: set[str], sched: Schedule, plan: BackwardSchedule) -> tuple[Buffer, ...]:
+    """The buffers behind the kernels' pointer parameters, sized from the schedule and the
+    backward plan (template.py's offsets index them the same way)."""
+    fp32, given = Element.FP32, Role.GIVEN
+    softmaxes, contractions = (len(plan.softmaxes), len(plan.contractions)) if plan.fused else (0, 0)
+    column_softmaxes = len(plan.column_softmaxes) if plan.fused else 0
+    # next to a pass over keys, the key-side kernels leave each column softmax's dP shares here
+    column_shares = column_softmaxes if plan.fused and plan.kind == BackwardKind.KEYS else 0
+    declared = (
+        *(Buffer(f"{n}_ptr", Element.INPUT, given) for n in ("q", "k", "v")),
+        Buffer("mask_ptr", Element.INT8, given, extent=None),  # [B, N], or one element without a mask
+        Buffer("out_ptr", Element.INPUT, Role.OUTPUT),
+        Buffer("global_ptr", fp32, Role.STATE, Extent.STATE, len(sched.reductions)),
+        Buffer("stats_ptr", fp32, Role.STATE, Extent.HEAD_DIM, 2 * len(sched.column_softmaxes)),  # max and sum
+        Buffer("lse_ptr", fp32, Role.SAVED, Extent.TOKENS, softmaxes),
+        Buffer("saved_ptr", fp32, Role.SAVED, Extent.TOKEN_ROWS, contractions),
+        Buffer("dout_ptr", Element.INPUT, given),
+        Buffer("dcontraction_ptr", fp32, Role.SCRATCH, Extent.TOKEN_ROWS, contractions),
+        Buffer("delta_ptr", fp32, Role.SCRATCH, Extent.TOKENS, T.ROW_STAT_ROWS * softmaxes),
+        Buffer("dcolumn_ptr", fp32, Role.SCRATCH, Extent.TOKEN_ROWS, column_shares, zeroed=True),
+        Buffer("column_delta_ptr", fp32, Role.SCRATCH, Extent.HEAD_DIM, column_softmaxes),
+        Buffer("dglobal_ptr", fp32, Role.SCRATCH, Extent.STATE, len(sched.reductions)),
+        *(Buffer(f"d{n}_ptr", fp32, Role.GRADIENT, zeroed=True) for n in ("q", "k", "v")),
+    )
+    missing = params - {b.name for b in declared} - set(SCALARS)
+    assert not missing, f"kernel parameters without a buffer: {sorted(missing)}"
+    return tuple(b for b in declared if b.name in params)
 
 
 # A top-level definition of the module: a jitted function, or a module constant.
@@ -175,7 +198,7 @@ def _params(inputs, *, out: bool, sched: Schedule) -> tuple[str, ...]:
         params.append("global_ptr")
     if sched.column_softmaxes:
         params.append("stats_ptr")
-    return tuple(params + ["seq_len", "num_heads"])
+    return tuple(params) + SCALARS
 
 
 def _reduction_kernel(sched: Schedule, kernel: ReductionKernel):
@@ -225,7 +248,7 @@ def _reduction_kernel(sched: Schedule, kernel: ReductionKernel):
     values = set(kernel.statistics_values) | set(kernel.reduction_values)
     params = _params(_inputs_read(values), out=False, sched=sched)
     text = T.REDUCTION_KERNEL.format(name=kernel.name, params=" ".join(p + "," for p in params), passes="".join(passes))
-    return text, KernelInterface(kernel.name, params, REDUCTION_CONSTEXPRS, per_query_block=False)
+    return text, KernelInterface(kernel.name, params, REDUCTION_CONSTEXPRS, Grid.HEADS)
 
 
 def _attention_kernel(sched: Schedule, kernel: AttentionKernel, plan: BackwardSchedule):
@@ -265,7 +288,7 @@ def _attention_kernel(sched: Schedule, kernel: AttentionKernel, plan: BackwardSc
         post_values=_indent([line for n in kernel.post_values for line in emitter.emit(n, QUERY)] or ["# (none)"], 4),
         output=output,
     )
-    return text, KernelInterface(kernel.name, params, constexprs, per_query_block=True)
+    return text, KernelInterface(kernel.name, params, constexprs, Grid.QUERY_BLOCKS)
 
 
 def _key_pass(ir, emitter: Emitter, index: int, p: KeyPass) -> str:

@@ -8,7 +8,8 @@ and kernel names its stage, the value it computes and where its inputs come from
 its kernels; whether its backward is fused (three backward kernels after the forward
 ones) or recomputes through the reference executor, and why; with an arch, each kernel's
 registers, spills and shared memory from ahead-of-time compilation for that GPU target
-(backward kernels with their own tiles). Nothing needs a GPU.
+(backward kernels with their own tiles), compiled as a launch of SPEC 7's suite compiles
+them (`specialisation`: aligned pointers, N a multiple of 16). Nothing needs a GPU.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from typing import Callable
 from genomec.fileio import write_atomic
 from genomec.genome import AttentionGenome, Genome
 
-from .aot import compile_modules_ahead_of_time
-from .generate import GENERATOR_VERSION, generate
-from .stages import plan_stages
+from .aot import DEFAULT_SPECIALISATION, compile_modules_ahead_of_time
+from .generate import GENERATOR_VERSION
+from .product import compile_graph
 from .tiles import backward_candidates, backward_config, default_config
 
 DTYPES = ("fp16", "bf16", "fp32")
@@ -64,7 +65,8 @@ def compile_genome(
     for entry in entries:
         compiled = entry.compiled
         start = time.perf_counter()
-        plan = plan_stages(compiled)
+        product = compile_graph(compiled)
+        plan = product.plan
         record = {"hash": compiled.hash, "layers": entry.layers, "causal": compiled.simplified.causal, "fused": plan.fused}
         graphs.append(record)
         if not plan.fused:
@@ -73,8 +75,7 @@ def compile_genome(
             say(f"{compiled.hash}: fallback to the reference executor ({plan.reason})")
             continue
         stages, kernels, modules, backward_reasons = [], [], [], []
-        for stage in plan.stages:
-            generated = generate(stage.compiled)
+        for stage, generated in product.stages():
             module_file = out_dir / f"{stage.compiled.hash}.py"
             first = module_file.name not in modules  # stages of one graph share its module
             if first:
@@ -128,6 +129,7 @@ def compile_genome(
         "generator": GENERATOR_VERSION,
         "triton": _triton_version(),
         "arch": arch,
+        "specialisation": str(DEFAULT_SPECIALISATION) if arch else None,
         "dtype": dtype,
         "head_dim": head_dim,
         "tile_config": {"block_m": config.block_m, "block_n": config.block_n, "num_warps": config.num_warps, "num_stages": config.num_stages},
@@ -153,9 +155,8 @@ def _retile_spilling_backwards(generated_modules, arch: str, dtype: str, head_di
         if not any(record.get("spills") for record in backward):
             continue
         for candidate in backward_candidates(dtype, head_dim)[1:]:
-            only_backward = dataclasses.replace(generated, kernels=generated.backward_kernels)
-            (resources,) = compile_modules_ahead_of_time([(only_backward, module_file)], arch=arch, dtype=dtype, head_dim=head_dim,
-                                                         backward=candidate)
+            (resources,) = compile_modules_ahead_of_time([(generated, module_file)], arch=arch, dtype=dtype, head_dim=head_dim,
+                                                         backward=candidate, passes=("backward",))
             if not any(r.spills for r in resources):
                 say(f"{module_file.name}: backward kernels spill with the default tiles; {candidate} does not")
                 for record, r in zip(backward, resources):

@@ -29,7 +29,7 @@ from genomec.ir.analysis import row_local
 from genomec.ir.graph import INPUT_OP, IR, IRBuilder
 from genomec.ir.rewrite import rewrite, rule
 
-from .schedule import OutsideFusedClass, schedule
+from .schedule import OutsideFusedClass, Schedule, schedule
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,7 @@ class Stage:
     computes: str  # the node of the whole graph whose value the stage writes
     compiled: Compiled  # the stage's own graph over its input slots q, k, v
     slots: tuple[tuple[str, str], ...]  # (slot, source): a genome input (q, k, v) or an earlier stage's name
+    schedule: Schedule  # of compiled.simplified, fused (code generation takes it from here)
 
     @property
     def inputs(self) -> dict[str, str]:
@@ -73,7 +74,7 @@ def plan_stages(compiled: Compiled) -> StagePlan:
     ir = compiled.simplified
     single = schedule(ir)
     if single.fused:
-        return StagePlan(compiled, (_whole(ir.output, compiled),))
+        return StagePlan(compiled, (_whole(ir.output, compiled, single),))
     if ir.causal and not row_local(ir):
         causal = _causal_states_as_pairs(compiled)
         if causal is not None:
@@ -86,9 +87,9 @@ def plan_stages(compiled: Compiled) -> StagePlan:
         return StagePlan(compiled, reason=str(e))
 
 
-def _whole(output: str, compiled: Compiled) -> Stage:
+def _whole(output: str, compiled: Compiled, sched: Schedule) -> Stage:
     """A stage computing a whole graph."""
-    return Stage("stage1", output, compiled, tuple((name, name) for name in compiled.simplified.inputs))
+    return Stage("stage1", output, compiled, tuple((name, name) for name in compiled.simplified.inputs), sched)
 
 
 def _state_from_tokens(builder: IRBuilder, bindings: dict) -> bool:
@@ -113,10 +114,11 @@ def _causal_states_as_pairs(compiled: Compiled) -> StagePlan | None:
     if not hits:
         return None
     simplified = run_passes(rewritten)
-    if not schedule(simplified).fused:
+    sched = schedule(simplified)
+    if not sched.fused:
         return None
     pairs = Compiled(compiled.simplified, simplified, structural_hash(simplified))
-    return StagePlan(compiled, (_whole(compiled.simplified.output, pairs),), note="causal: x (a b) with a [d,d] state a b reassociated to (x a) b")
+    return StagePlan(compiled, (_whole(compiled.simplified.output, pairs, sched),), note="causal: x (a b) with a [d,d] state a b reassociated to (x a) b")
 
 
 def _cuts(ir: IR) -> list[str]:
@@ -165,9 +167,10 @@ def _stages(compiled: Compiled, cut: list[str]) -> tuple[Stage, ...]:
     for index, target in enumerate(cut + [ir.output]):
         stage_ir, slots = stage_graph(ir, target, set(cut), stage_of)
         simplified = run_passes(stage_ir)
-        if not schedule(simplified).fused:  # scheduled as placeholders already; checked anyway
-            raise OutsideFusedClass(f"stage computing '{target}': {schedule(simplified).reason}")
-        stages.append(Stage(f"stage{index + 1}", target, Compiled(stage_ir, simplified, structural_hash(simplified)), slots))
+        sched = schedule(simplified)
+        if not sched.fused:  # scheduled as placeholders already; checked anyway
+            raise OutsideFusedClass(f"stage computing '{target}': {sched.reason}")
+        stages.append(Stage(f"stage{index + 1}", target, Compiled(stage_ir, simplified, structural_hash(simplified)), slots, sched))
     return tuple(stages)
 
 

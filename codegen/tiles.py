@@ -41,22 +41,25 @@ def head_dim_pad(head_dim: int) -> int:
     return max(16, 1 << (head_dim - 1).bit_length())
 
 
-# Defaults measured with `genomec compile --arch sm_90` over the zoo: zero spills for
-# fp16/bf16 at head dims up to 128 (8 warps keep the register tiles per thread small).
-# They also serve ahead-of-time compilation and the first guess before tuning.
-SMALL_HEAD_CONFIG = TileConfig(64, 64, 8, 2)  # head dim <= 64
-LARGE_HEAD_CONFIG = TileConfig(64, 32, 8, 2)  # head dim 65..128 (and fp32, which has no fast tensor-core path)
+# Defaults measured with `genomec compile --arch sm_90` (Triton 3.9) over the zoo, plain and
+# causal, compiled as a launch compiles them (aot.Specialisation: aligned pointers, N a
+# multiple of 16): zero spills for fp16/bf16 at head dims up to 128 (8 warps keep the register
+# tiles per thread small). They also serve ahead-of-time compilation and the first guess
+# before tuning.
+SMALL_HEAD_CONFIG = TileConfig(64, 64, 8, 2)  # head dim <= 64: at most 183 registers
+LARGE_HEAD_CONFIG = TileConfig(64, 32, 8, 2)  # head dim 65..128 (and fp32, which has no fast tensor-core path): 202
 HUGE_HEAD_CONFIG = TileConfig(32, 32, 8, 1)  # head dim > 128
 INTERPRETER_CONFIG = TileConfig(32, 32, 1, 1)  # CPU interpreter: tile sizes only change the step count
 
-SEARCH_SPACE = (
-    TileConfig(64, 64, 8, 2),
-    TileConfig(64, 64, 4, 3),
-    TileConfig(128, 64, 8, 2),
-    TileConfig(64, 32, 8, 2),
-    TileConfig(64, 32, 4, 3),
-    TileConfig(128, 32, 8, 3),
+SEARCH_SPACE = (  # the most registers a forward kernel of the zoo takes at head dim 64 / 128
+    TileConfig(64, 64, 8, 2),  # 183 / 238
+    TileConfig(64, 64, 4, 3),  # 238 / spills (up to 1 KB: the paper's layer 3, differential attention)
+    TileConfig(128, 64, 8, 2),  # 232 / 255, and Triton 3.6 spills 24 bytes (causal Euclidean attention)
+    TileConfig(64, 32, 8, 2),  # 140 / 202
+    TileConfig(64, 32, 4, 3),  # 165 / 239
+    TileConfig(128, 32, 8, 3),  # 172 / 232
 )
+MAX_PAIR_ELEMENTS_PER_THREAD = 16  # at head dims 65..128: larger pair tiles per thread spill
 
 
 def default_config(dtype: str, head_dim: int) -> TileConfig:
@@ -70,28 +73,29 @@ def default_config(dtype: str, head_dim: int) -> TileConfig:
 
 # The backward kernels hold more tiles at once (recomputed pair values and their cotangents,
 # the key-side accumulators), so they get tiles of their own, tuned on a GPU apart from the
-# forward's. Each candidate was compiled with `genomec compile --arch sm_90` (Triton 3.9) for
-# every backward kernel of the zoo, plain and causal, and kept only with zero spills at its
-# dtype and head dim, fp16 and bf16 alike; the comments give the most registers a kernel
-# takes. The first of each space is the fixed choice (ahead-of-time compilation, first guess).
+# forward's. Each candidate was compiled with `genomec compile --arch sm_90` (Triton 3.9) as
+# a launch compiles it (aot.Specialisation: aligned pointers, N a multiple of 16) for every
+# backward kernel of the zoo, plain and causal, and kept only with zero spills at its dtype
+# and head dim, fp16 and bf16 alike; the comments give the most registers a kernel takes.
+# The first of each space is the fixed choice (ahead-of-time compilation, first guess).
 ALL_REGISTERS = 255  # the most a thread can hold: ptxas takes what the kernel needs
-HALF_SMALL_HEAD_BACKWARD = (  # fp16/bf16, head dim <= 64; left to choose, ptxas spills every one
-    TileConfig(64, 16, 8, 1, ALL_REGISTERS),  # 229 registers
-    TileConfig(64, 32, 8, 1, ALL_REGISTERS),  # 255
-    TileConfig(64, 16, 8, 2, ALL_REGISTERS),  # 229
+HALF_SMALL_HEAD_BACKWARD = (  # fp16/bf16, head dim <= 64 (64 x 16 no longer spills uncapped either: 186)
+    TileConfig(64, 16, 8, 1, ALL_REGISTERS),  # 186 registers
+    TileConfig(64, 16, 8, 2, ALL_REGISTERS),  # 208
     TileConfig(32, 32, 8, 1, ALL_REGISTERS),  # 244
-    TileConfig(32, 16, 8, 1, ALL_REGISTERS),  # 242
-)
-HALF_LARGE_HEAD_BACKWARD = (  # fp16/bf16, head dim 65..128: 231 registers; wider tiles spill
-    TileConfig(16, 16, 8, 1),
-    TileConfig(16, 16, 8, 2),
-    TileConfig(16, 16, 8, 3),
+    TileConfig(32, 16, 8, 1, ALL_REGISTERS),  # 235
+)  # 64 x 32 (8 warps and 1 or 2 stages, or 4 warps), 64 x 64 and 128 x 32 spill (key kernels: max-of-two-maps, cosine)
+HALF_LARGE_HEAD_BACKWARD = (  # fp16/bf16, head dim 65..128; wider tiles spill
+    TileConfig(16, 16, 8, 1, ALL_REGISTERS),  # 238 registers; left to choose, ptxas spills 12-24 bytes
+    TileConfig(16, 16, 8, 2, ALL_REGISTERS),  # 226
+    TileConfig(16, 16, 8, 3, ALL_REGISTERS),  # 236
 )
 # fp32 (three tf32 passes per dot, each operand split in two) has no tiles without spills
-# over the whole zoo; these spill least. Head dim <= 64: the key kernels of max-of-two-maps
-# (44 bytes, 12 causal) and differential attention (8). Head dim 128: the key or query
-# kernel of nearly every graph (8-300 bytes; 900-1800 for the two-map graphs, whose prepare
-# kernels spill too). Wider tiles, fewer warps or more stages spill more.
+# over the whole zoo; these spilled least when chosen (compiled without the launch's
+# specialisation; not searched again since). With it, plain and causal: head dim <= 64, the
+# key kernel of causal max-of-two-maps (48 bytes); head dim 128, 55 of the zoo's 108
+# backward kernels (8-900 bytes; the prepare kernels of nearly every graph, up to 2 KB for
+# the two-map graphs). Wider tiles, fewer warps or more stages spilled more.
 FP32_SMALL_HEAD_BACKWARD = (TileConfig(16, 32, 8, 1, ALL_REGISTERS),)  # head dim <= 64
 FP32_LARGE_HEAD_BACKWARD = (TileConfig(16, 16, 8, 1, ALL_REGISTERS),)  # head dim 65..128
 NARROW_BACKWARD_CONFIG = TileConfig(16, 16, 8, 1)  # head dim > 128 (not measured)
@@ -115,8 +119,9 @@ def backward_config(dtype: str, head_dim: int) -> TileConfig:
 
 
 def candidates(head_dim: int) -> tuple[TileConfig, ...]:
-    """The search space for a head dim: large tiles only while they fit in registers."""
+    """The search space for a head dim: the tiles that compile without spills there (at
+    head dims 65..128, at most MAX_PAIR_ELEMENTS_PER_THREAD pair elements per thread)."""
     pad = head_dim_pad(head_dim)
     if pad > 128:
         return (HUGE_HEAD_CONFIG, TileConfig(64, 32, 8, 1))
-    return tuple(c for c in SEARCH_SPACE if pad <= 64 or c.block_m * c.block_n <= 64 * 32)
+    return tuple(c for c in SEARCH_SPACE if pad <= 64 or c.block_m * c.block_n <= MAX_PAIR_ELEMENTS_PER_THREAD * 32 * c.num_warps)

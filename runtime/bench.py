@@ -90,8 +90,7 @@ def environment_line(env: dict) -> str:
 
 def frontend_ms(path: Path, entry, repeat: int = 20) -> float:
     """Median time of parse + passes + stages + schedule + codegen of one graph, in ms."""
-    from genomec.codegen.generate import generate
-    from genomec.codegen.stages import plan_stages
+    from genomec.codegen.product import compile_graph
     from genomec.genome import loads_genome
     from genomec.genome.parse import attention_to_json
     from genomec.ir import lower
@@ -100,29 +99,26 @@ def frontend_ms(path: Path, entry, repeat: int = 20) -> float:
     samples = []
     for _ in range(repeat):
         start = time.perf_counter()
-        compiled = lower(loads_genome(text))
-        for stage in plan_stages(compiled).stages:
-            generate(stage.compiled)
+        compile_graph(lower(loads_genome(text)))
         samples.append(time.perf_counter() - start)
     return 1e3 * statistics.median(samples)
 
 
 def run_cpu(graphs, out_dir: Path, aot: bool = True, arch: str = "sm_90", dtype: str = "bf16", head_dim: int = 64, progress=print) -> dict:
     from genomec.codegen.aot import compile_ahead_of_time
-    from genomec.codegen.generate import generate
-    from genomec.codegen.stages import plan_stages
+    from genomec.codegen.product import compile_graph
 
     rows = []
     modules_dir = Path(tempfile.mkdtemp(prefix="genomec-bench-"))  # the AOT compiler reads modules from files
     for name, path, entry in graphs:
-        plan = plan_stages(entry.compiled)
+        product = compile_graph(entry.compiled)
+        plan = product.plan
         row = {"genome": name, "hash": entry.compiled.hash, "fused": plan.fused, "frontend_ms": round(frontend_ms(path, entry), 3)}
         if plan.fused:
             row["stages"] = len(plan.stages)
             row["source_bytes"] = 0
             row["backward_fused"] = True
-            for stage in plan.stages:
-                generated = generate(stage.compiled)
+            for stage, generated in product.stages():
                 row["source_bytes"] += len(generated.source.encode())
                 if not generated.backward.fused:
                     row["backward_fused"] = False

@@ -1,8 +1,8 @@
 """The on-disk kernel cache (SPEC 3, Runtime).
 
 An entry is a directory `<root>/<graph hash>-<key>/` holding the generated module
-`kernels.py` and `entry.json` (what was generated, for which versions and options, and the
-SHA-256 of the module). The key hashes (IR hash, generator version and fingerprint,
+`kernels.py` and `entry.json` (what was generated, for which versions and options, the
+SHA-256 of the module, and its kernel ABI: kernels, grids and buffers, `codegen/abi.py`). The key hashes (IR hash, generator version and fingerprint,
 Triton version, options). Entries are built in a private temporary directory and renamed into place, so a
 reader never sees half an entry and two processes building the same genome both succeed:
 the first rename wins, the loser uses the winner's entry. An entry that fails its checks
@@ -21,10 +21,12 @@ import os
 import shutil
 import sys
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-from genomec.codegen.generate import GeneratedModule, KernelInterface, generate, generator_fingerprint
+from genomec.codegen.abi import ModuleABI
+from genomec.codegen.generate import GeneratedModule, generate, generator_fingerprint
+from genomec.codegen.schedule import Schedule
 from genomec.fileio import current_umask, output_folder_problem
 from genomec.ir import Compiled
 
@@ -53,10 +55,7 @@ class CorruptEntry(Exception):
 class CacheEntry:
     path: Path
     hash: str
-    kernels: tuple[KernelInterface, ...]
-    column_softmaxes: int
-    reductions: int
-    causal: bool
+    abi: ModuleABI
 
     @property
     def module_path(self) -> Path:
@@ -104,13 +103,13 @@ class KernelCache:
 
     # -- writing ------------------------------------------------------------------------
 
-    def get_or_build(self, compiled: Compiled, options: dict | None = None) -> CacheEntry:
-        """The entry for a lowered graph, generating and storing it when missing or corrupt."""
+    def get_or_build(self, compiled: Compiled, options: dict | None = None, schedule: Schedule | None = None) -> CacheEntry:
+        """The entry for a lowered graph, generating (from its `schedule`, when at hand) and
+        storing it when missing or corrupt."""
         entry = self.lookup(compiled.hash, options)
         if entry is not None:
             return entry
-        generated = generate(compiled)
-        return self.store(generated, options)
+        return self.store(generate(compiled, schedule), options)
 
     def store(self, generated: GeneratedModule, options: dict | None = None) -> CacheEntry:
         tmp = self._build_folder(generated.hash)
@@ -124,10 +123,7 @@ class KernelCache:
                 "triton": triton_version(),
                 "options": options or {},
                 "module_sha256": hashlib.sha256(source).hexdigest(),
-                "kernels": [asdict(k) for k in generated.kernels],
-                "column_softmaxes": len(generated.schedule.column_softmaxes),
-                "reductions": len(generated.schedule.reductions),
-                "causal": generated.schedule.ir.causal,
+                "abi": generated.abi.to_json(),
             }
             (tmp / ENTRY_FILE).write_text(json.dumps(meta, indent=1))
             for f in (MODULE_FILE, ENTRY_FILE):
@@ -186,13 +182,6 @@ def _read_entry(path: Path, graph_hash: str) -> CacheEntry:
         source = (path / MODULE_FILE).read_bytes()
         if meta["hash"] != graph_hash or hashlib.sha256(source).hexdigest() != meta["module_sha256"]:
             raise CorruptEntry(f"{path}: checksum mismatch")
-        kernels = tuple(
-            KernelInterface(
-                k["name"], tuple(k["params"]), tuple(k["constexprs"]), bool(k["per_query_block"]),
-                bool(k.get("per_key_block", False)), bool(k.get("backward", False)),
-            )
-            for k in meta["kernels"]
-        )
-        return CacheEntry(path, graph_hash, kernels, int(meta["column_softmaxes"]), int(meta["reductions"]), bool(meta["causal"]))
+        return CacheEntry(path, graph_hash, ModuleABI.from_json(meta["abi"]))
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise CorruptEntry(f"{path}: {e}") from None

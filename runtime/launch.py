@@ -16,10 +16,8 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from genomec.codegen.backward import BackwardKind, backward_schedule
+from genomec.codegen.abi import Buffer, Element, Grid, ModuleABI, Role
 from genomec.codegen.modules import import_module_file, use_interpreter
-from genomec.codegen.schedule import schedule
-from genomec.codegen.template import ROW_STAT_ROWS
 from genomec.codegen.tiles import DOT_PRECISION, head_dim_pad
 from genomec.ir import Compiled, execute
 
@@ -86,11 +84,12 @@ class CompiledAttention(torch.nn.Module):
         self.cache = cache
         self.reason = reason  # why the forward falls back, when it does
         self.interpret = use_interpreter()
-        sched = schedule(compiled.simplified)
-        self.backward_plan = backward_schedule(sched)
-        has_backward_kernels = entry is not None and any(k.backward for k in entry.kernels)
-        self.backward_fused = self.backward_plan.fused and has_backward_kernels
-        self.backward_reason = None if self.backward_fused else (self.backward_plan.reason or "no backward kernels in the cache entry")
+        self.abi: ModuleABI | None = entry.abi if entry is not None else None
+        self.backward_fused = self.abi is not None and bool(self.abi.backward_kernels)
+        if self.backward_fused:
+            self.backward_reason = None
+        else:
+            self.backward_reason = "the forward is not fused" if self.abi is None else self.abi.backward_reason or "no backward kernels"
         self.module = None
         if entry is not None:
             key = (str(entry.module_path), self.interpret)
@@ -162,15 +161,8 @@ class CompiledAttention(torch.nn.Module):
         return (out, saved) if save_for_backward else out
 
     def _saved_buffers(self, ref) -> dict:
-        batch, heads, seq_len, head_dim = ref.shape
-        plan = self.backward_plan
-        fp32 = dict(dtype=torch.float32, device=ref.device)
-        return {
-            "lse": torch.empty(max(1, batch * heads * len(plan.softmaxes) * seq_len), **fp32),
-            "contractions": torch.empty(batch * heads * len(plan.contractions) * seq_len * head_dim, **fp32),
-            "global": torch.empty(max(1, batch * heads * self.entry.reductions * head_dim_pad(head_dim) ** 2), **fp32),
-            "stats": torch.empty(max(1, batch * heads * self.entry.column_softmaxes * 2 * head_dim_pad(head_dim)), **fp32),
-        }
+        """The buffers the forward leaves for the backward, by parameter name."""
+        return {b.name: _allocate(b, ref) for b in self.abi.with_role(Role.STATE, Role.SAVED)}
 
     def launch_backward(self, q, k, v, mask, saved: dict, grad_out, config: autotune.TileConfig | None = None):
         """Gradients (dq, dk, dv) of the fused backward kernels, None for an unused input."""
@@ -182,37 +174,17 @@ class CompiledAttention(torch.nn.Module):
             upcast = [t.float() if t is not None else None for t in (q, k, v)]
             grads = self.launch_backward(*upcast, mask, saved, grad_out.float(), config)
             return tuple(g.to(torch.bfloat16) if g is not None else None for g in grads)
-        batch, heads, seq_len, head_dim = ref.shape
-        device = ref.device
-        plan = self.backward_plan
         if config is None:  # tuned on a GPU, apart from the forward's choice
             config = self._backward_config(q, k, v, mask, saved, grad_out)
-        fp32 = dict(dtype=torch.float32, device=device)
         args = {f"{n}_ptr": given[n].contiguous() for n in used}
-        args["mask_ptr"] = mask.to(device=device, dtype=torch.int8).contiguous() if mask is not None else torch.zeros(1, dtype=torch.int8, device=device)
-        args["lse_ptr"], args["saved_ptr"], args["global_ptr"] = saved["lse"], saved["contractions"], saved["global"]
-        args["stats_ptr"] = saved["stats"]
+        args["mask_ptr"] = _mask_buffer(mask, ref.device)
         args["dout_ptr"] = grad_out.to(dtype).contiguous()
-        args["dglobal_ptr"] = torch.empty(max(1, batch * heads * self.entry.reductions * head_dim_pad(head_dim) ** 2), **fp32)
-        args["dcontraction_ptr"] = torch.empty(batch * heads * len(plan.contractions) * seq_len * head_dim, **fp32)
-        args["delta_ptr"] = torch.empty(max(1, batch * heads * ROW_STAT_ROWS * len(plan.softmaxes) * seq_len), **fp32)
-        args["column_delta_ptr"] = torch.empty(max(1, batch * heads * len(plan.column_softmaxes) * head_dim_pad(head_dim)), **fp32)
-        # next to a pass over keys, the kernels add their shares of each column softmax's dP here
-        column_grads = len(plan.column_softmaxes) if plan.kind == BackwardKind.KEYS else 0
-        args["dcolumn_ptr"] = torch.zeros(max(1, batch * heads * column_grads * seq_len * head_dim), **fp32)
-        for n in used:
-            args[f"d{n}_ptr"] = torch.zeros(ref.shape, **fp32)
-        args["seq_len"], args["num_heads"] = seq_len, heads
+        args |= saved
+        args |= {b.name: _allocate(b, ref) for b in self.abi.with_role(Role.SCRATCH, Role.GRADIENT)}
+        args["seq_len"], args["num_heads"] = ref.shape[2], ref.shape[1]
         constants = dict(self._constants(ref, config), HAS_MASK=mask is not None)
-        for kernel in self.entry.kernels:
-            if not kernel.backward:
-                continue
-            if kernel.per_key_block or kernel.per_query_block:
-                block = config.block_n if kernel.per_key_block else config.block_m
-                grid = (triton_cdiv(seq_len, block), batch * heads)
-            else:
-                grid = (batch * heads,)
-            getattr(self.module, kernel.name)[grid](
+        for kernel in self.abi.backward_kernels:
+            getattr(self.module, kernel.name)[_grid(kernel.grid, ref, config)](
                 *(args[p] for p in kernel.params),
                 **{c: constants[c] for c in kernel.constexprs},
                 **config.launch_options(),
@@ -228,7 +200,7 @@ class CompiledAttention(torch.nn.Module):
             BLOCK_M=config.block_m,
             BLOCK_N=config.block_n,
             HAS_MASK=False,  # per call: the callers set it
-            IS_CAUSAL=self.entry.causal,
+            IS_CAUSAL=self.abi.causal,
             DOT_DTYPE=_triton_dtype(ref.dtype),
             DOT_PRECISION=dot_precision(ref.dtype),
             STABLE_SOFTMAX_GRAD=ref.dtype == torch.float32,
@@ -263,33 +235,20 @@ class CompiledAttention(torch.nn.Module):
         return autotune.choose(self.tuning, self.compiled.hash, key, autotune.backward_candidates(dtype, head_dim), time_config)
 
     def _run(self, tensors, mask, ref, config: autotune.TileConfig, saved: dict | None = None):
-        batch, heads, seq_len, head_dim = ref.shape
-        pad = head_dim_pad(head_dim)
-        device = ref.device
-        out = torch.empty(ref.shape, dtype=ref.dtype, device=device)  # contiguous, as the kernel writes it
+        out = _allocate(self.abi.buffer("out_ptr"), ref)
         args = {f"{n}_ptr": t for n, t in tensors.items()}
-        args["mask_ptr"] = mask.to(device=device, dtype=torch.int8).contiguous() if mask is not None else torch.zeros(1, dtype=torch.int8, device=device)
+        args["mask_ptr"] = _mask_buffer(mask, ref.device)
         args["out_ptr"] = out
-        if saved is not None:  # the [d,d] states stay for the backward
-            args["global_ptr"] = saved["global"]
+        if saved is not None:  # the [d,d] states and column statistics stay for the backward
+            args |= saved
         else:
-            args["global_ptr"] = torch.empty(max(1, batch * heads * self.entry.reductions * pad * pad), dtype=torch.float32, device=device)
-        if saved is not None:  # so are the column statistics
-            args["stats_ptr"] = saved["stats"]
-        else:
-            args["stats_ptr"] = torch.empty(max(1, batch * heads * self.entry.column_softmaxes * 2 * pad), dtype=torch.float32, device=device)
-        args["seq_len"], args["num_heads"] = seq_len, heads
-        if saved is None:  # SAVE_FOR_BACKWARD is off: the pointers are never read
-            args["lse_ptr"] = args["saved_ptr"] = args["stats_ptr"]
-        else:
-            args["lse_ptr"], args["saved_ptr"] = saved["lse"], saved["contractions"]
+            args |= {b.name: _allocate(b, ref) for b in self.abi.with_role(Role.STATE)}
+            # SAVE_FOR_BACKWARD is off: the pointers are never read
+            args |= {b.name: torch.empty(1, dtype=torch.float32, device=ref.device) for b in self.abi.with_role(Role.SAVED)}
+        args["seq_len"], args["num_heads"] = ref.shape[2], ref.shape[1]
         constants = dict(self._constants(ref, config), HAS_MASK=mask is not None, SAVE_FOR_BACKWARD=saved is not None)
-        for kernel in self.entry.kernels:
-            if kernel.backward:
-                continue
-            fn = getattr(self.module, kernel.name)
-            grid = (triton_cdiv(seq_len, config.block_m), batch * heads) if kernel.per_query_block else (batch * heads,)
-            fn[grid](
+        for kernel in self.abi.forward_kernels:
+            getattr(self.module, kernel.name)[_grid(kernel.grid, ref, config)](
                 *(args[p] for p in kernel.params),
                 **{c: constants[c] for c in kernel.constexprs},
                 **config.launch_options(),
@@ -301,6 +260,35 @@ class CompiledAttention(torch.nn.Module):
 
 def triton_cdiv(a: int, b: int) -> int:
     return (a + b - 1) // b
+
+
+def _grid(grid: Grid, ref, config: autotune.TileConfig) -> tuple[int, ...]:
+    batch, heads, seq_len, _ = ref.shape
+    if grid == Grid.HEADS:
+        return (batch * heads,)
+    block = config.block_m if grid == Grid.QUERY_BLOCKS else config.block_n
+    return (triton_cdiv(seq_len, block), batch * heads)
+
+
+def _allocate(buffer: Buffer, ref) -> torch.Tensor:
+    """A buffer of the ABI for inputs like `ref` ([B, H, N, d]): the inputs' shape for a
+    token-rows buffer in their dtype, else flat."""
+    batch, heads, seq_len, head_dim = ref.shape
+    dtype = ref.dtype if buffer.element == Element.INPUT else torch.float32
+    if buffer.role in (Role.OUTPUT, Role.GRADIENT):
+        shape = ref.shape
+    else:
+        shape = (buffer.numel(batch * heads, seq_len, head_dim),)
+    make = torch.zeros if buffer.zeroed else torch.empty
+    return make(shape, dtype=dtype, device=ref.device)
+
+
+def _mask_buffer(mask, device) -> torch.Tensor:
+    if mask is None:
+        return torch.zeros(1, dtype=torch.int8, device=device)
+    return mask.to(device=device, dtype=torch.int8).contiguous()
+
+
 
 
 def load(compiled: Compiled, cache: KernelCache | None = None, options: dict | None = None) -> CompiledAttention:
@@ -315,7 +303,7 @@ def load(compiled: Compiled, cache: KernelCache | None = None, options: dict | N
     plan = plan_stages(compiled)
     if not plan.fused:
         return CompiledAttention(compiled, None, cache, reason=plan.reason)
-    modules = [CompiledAttention(s.compiled, cache.get_or_build(s.compiled, options), cache) for s in plan.stages]
+    modules = [CompiledAttention(s.compiled, cache.get_or_build(s.compiled, options, s.schedule), cache) for s in plan.stages]
     # one module per stage, each from its own cache entry (a one-stage graph is its module,
     # compiled as is or as the plan rewrote it)
     return StagedAttention(plan, modules) if plan.multi_stage else modules[0]

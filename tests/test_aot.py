@@ -4,6 +4,8 @@ zero spills, without a GPU (the CI check that generated kernels are GPU-ready)."
 import dataclasses
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -14,9 +16,16 @@ if not torch.cuda.is_available():  # Triton's mode is fixed by its first import:
 from conftest import ROOT, zoo_files
 from genomec.cli import main
 from genomec.codegen import generate
-from genomec.codegen.aot import compile_ahead_of_time, compile_modules_ahead_of_time, parse_arch
+from genomec.codegen.aot import (
+    DEFAULT_SPECIALISATION,
+    DIVISIBILITY,
+    Specialisation,
+    compile_ahead_of_time,
+    compile_modules_ahead_of_time,
+    parse_arch,
+    specialise,
+)
 from genomec.codegen.stages import plan_stages
-from genomec.codegen.tiles import backward_candidates
 from genomec.genome import attention_graphs, load_genome, parse_genome
 from genomec.ir import lower
 
@@ -67,8 +76,8 @@ def test_paper_backward_kernels_compile_for_sm90_without_spills(tmp_path, dtype,
             assert generated.backward.fused, generated.backward.reason
             module = tmp_path / f"{generated.hash}.py"
             module.write_text(generated.source)
-            modules.append((dataclasses.replace(generated, kernels=generated.backward_kernels), module))
-    results = compile_modules_ahead_of_time(modules, arch="sm_90", dtype=dtype, head_dim=head_dim)
+            modules.append((generated, module))
+    results = compile_modules_ahead_of_time(modules, arch="sm_90", dtype=dtype, head_dim=head_dim, passes=("backward",))
     report = [(g.hash, r.name, r.registers, r.spills) for (g, _), resources in zip(modules, results) for r in resources]
     assert [name for _, name, _, _ in report] == ["attention_bwd_prepare", "attention_bwd_keys", "attention_bwd_queries"] * len(modules)
     assert not [row for row in report if row[3]], f"backward kernels spill registers: {report}"
@@ -94,10 +103,10 @@ def test_backward_classes_compile_for_sm90_without_spills(tmp_path, dtype):
         assert generated.backward.fused, (name, generated.backward.reason)
         module = tmp_path / f"{generated.hash}.py"
         module.write_text(generated.source)
-        modules.append((dataclasses.replace(generated, kernels=generated.backward_kernels), module))
-    results = compile_modules_ahead_of_time(modules, arch="sm_90", dtype=dtype, head_dim=64)
+        modules.append((generated, module))
+    results = compile_modules_ahead_of_time(modules, arch="sm_90", dtype=dtype, head_dim=64, passes=("backward",))
     report = [(r.name, r.registers, r.spills) for resources in results for r in resources]
-    assert len(report) == sum(len(g.kernels) for g, _ in modules)
+    assert len(report) == sum(len(g.backward_kernels) for g, _ in modules)
     assert not [row for row in report if row[2]], f"backward kernels spill registers: {report}"
     assert all(0 < registers <= 255 for _, registers, _ in report)
 
@@ -118,15 +127,132 @@ def test_arch_names():
         parse_arch("hopper")
 
 
-def test_compile_retiles_a_backward_that_spills_with_the_default_tiles(tmp_path):
-    """Two softmaxes over tokens: the state-rows backward kernel holds many token tiles. Any
-    kernel that spills with the fixed backward tiles is compiled with the next candidates
-    of the search space; the manifest then reports zero spills and the tiles that gave them."""
-    genome = tmp_path / "two-column-softmaxes.json"
-    genome.write_text('{"expr": "matmul(sigmoid(q), matmul(tanh(softmax(transpose(k))), transpose(softmax(transpose(v)))))"}')
+def test_compile_retiles_a_backward_that_spills_with_the_default_tiles(tmp_path, monkeypatch):
+    """Any module whose backward kernels spill with the fixed backward tiles is compiled with
+    the next candidates of the search space; the manifest then reports zero spills and the
+    tiles that gave them. No zoo kernel spills with the fixed tiles any more, so here they are
+    64 x 64, at which cosine attention's key kernel spills (96 bytes, fp16, head dim 64)."""
+    from genomec.codegen import manifest, tiles
+
+    spilling, fixed = tiles.TileConfig(64, 64, 8, 1, tiles.ALL_REGISTERS), tiles.backward_config("fp16", 64)
+    monkeypatch.setattr(tiles, "backward_config", lambda dtype, head_dim: spilling)
+    monkeypatch.setattr(manifest, "backward_config", lambda dtype, head_dim: spilling)
+    monkeypatch.setattr(manifest, "backward_candidates", lambda dtype, head_dim: (spilling, fixed))
+    genome = ROOT / "genomes" / "cosine-attention.json"
     assert main(["compile", str(genome), "-o", str(tmp_path / "out"), "--arch", "sm_90", "--json"]) == 0
     (graph,) = json.loads((tmp_path / "out" / "manifest.json").read_text())["graphs"]
     assert graph["backward"]["fused"]
     assert [k["spills"] for k in graph["kernels"]] == [0] * len(graph["kernels"])
-    tiles = [dataclasses.asdict(c) for c in backward_candidates("fp16", 64)]
-    assert all(k["tile_config"] in tiles[1:] for k in graph["kernels"] if "tile_config" in k)
+    retiled = [k["tile_config"] for k in graph["kernels"] if "tile_config" in k]
+    assert retiled and retiled == [dataclasses.asdict(fixed)] * 3
+
+
+# -- compiling what a launch compiles -------------------------------------------------------
+
+# In a process that compiles (this one may interpret): the JIT's own specialisation of the
+# arguments the runtime passes (tensors from torch's allocator, seq_len and num_heads as
+# they are), through `JITFunction`'s binder and `_pack_args` as `JITFunction.run` calls
+# them (Triton 3.6 to 3.9), against the signature, constants and attrs AOT compiles with.
+JIT_SPECIALISATION = """
+import json, sys
+import torch
+from triton.backends.compiler import GPUTarget
+from triton.compiler import make_backend
+from triton.runtime.jit import create_function_from_signature
+from genomec.codegen.abi import KernelInterface
+from genomec.codegen.aot import Specialisation, _constants, specialise
+from genomec.codegen.modules import import_module_file
+from genomec.codegen.tiles import backward_config, default_config
+
+job = json.loads(sys.stdin.read())
+module = import_module_file(job["module"], interpret=False)
+backend = make_backend(GPUTarget("cuda", 90, 32))
+torch_dtype = {"*bf16": torch.bfloat16, "*fp32": torch.float32, "*i8": torch.int8}
+mismatches = []
+for k in job["kernels"]:
+    kernel = KernelInterface.from_json(k)
+    fn = getattr(module, kernel.name)
+    types = k["types"]  # the module ABI's signature
+    config = backward_config("bf16", 64) if kernel.backward else default_config("bf16", 64)
+    constants = _constants(kernel, "bf16", 64, config, False)
+    for seq_len, num_heads in ((4096, 16), (37, 12), (1, 1)):
+        ints = {"seq_len": seq_len, "num_heads": num_heads}
+        args = {p: ints[p] if p in ints else torch.empty(64, dtype=torch_dtype[types[p]]) for p in kernel.params}
+        binder = create_function_from_signature(fn.signature, fn.params, backend)
+        bound, specialization, options = binder(**args, **constants, **config.launch_options())
+        _, jit_signature, jit_constants, jit_attrs = fn._pack_args(backend, {**constants, **config.launch_options()}, bound, specialization, options)
+        signature, ones, attrs = specialise(fn.arg_names, types, ints, aligned_pointers=True)
+        jit_ones = {fn.arg_names[path[0]]: value for path, value in jit_constants.items() if fn.arg_names[path[0]] in ints}
+        jit_attrs = {path: value for path, value in jit_attrs.items() if value}  # the JIT lists constexprs with none
+        if (jit_signature, jit_ones, jit_attrs) != (signature, ones, attrs):
+            mismatches.append([kernel.name, seq_len, num_heads, str((jit_signature, jit_ones, jit_attrs)), str((signature, ones, attrs))])
+print(json.dumps(mismatches))
+"""
+
+
+def compile_mode_child(code: str, job: dict):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    child = subprocess.run([sys.executable, "-c", code], input=json.dumps(job), capture_output=True, text=True, env=env, timeout=600)
+    assert child.returncode == 0, child.stderr[-3000:]
+    return json.loads(child.stdout.strip().splitlines()[-1])
+
+
+STANDARD = "matmul(softmax(scale(matmul(q, transpose(k)))), v)"
+
+
+def standard_module(tmp_path):
+    generated = generate(lower(parse_genome({"expr": STANDARD})))
+    module = tmp_path / "standard.py"
+    module.write_text(generated.source)
+    return generated, module
+
+
+def test_aot_specialises_arguments_as_the_jit_does(tmp_path):
+    """Every pointer 16-divisible, seq_len and num_heads 16-divisible when they are multiples
+    of 16 and constants when they are 1: what the JIT gives a launch, forward and backward."""
+    generated, module = standard_module(tmp_path)
+    job = {"module": str(module), "kernels": [dataclasses.asdict(k) | {"types": generated.abi.signature(k, "bf16")} for k in generated.kernels]}
+    assert compile_mode_child(JIT_SPECIALISATION, job) == []
+
+
+def test_specialisation_of_the_default_launch():
+    types = {"q_ptr": "*bf16", "mask_ptr": "*i8", "seq_len": "i32", "num_heads": "i32", "BLOCK_M": "constexpr"}
+    names = list(types)
+    default = specialise(names, types, {"seq_len": 4096, "num_heads": 16}, aligned_pointers=True)
+    assert default == (types, {}, {(i,): DIVISIBILITY for i in range(4)})
+    odd = specialise(names, types, {"seq_len": 37, "num_heads": 1}, aligned_pointers=False)
+    assert odd == ({**types, "num_heads": "constexpr"}, {"num_heads": 1}, {})
+    assert DEFAULT_SPECIALISATION == Specialisation(aligned_pointers=True, seq_len=4096, num_heads=16)
+
+
+# With the launch's alignment K and V arrive by 16-byte cp.async; without it (the kernel
+# ahead-of-time compilation used to check) every element is a 2-byte global load.
+VECTORISED_LOADS = """
+import json, re, sys
+from genomec.codegen.abi import KernelInterface
+from genomec.codegen.aot import Specialisation, _constants, compile_kernel
+from genomec.codegen.modules import import_module_file
+from genomec.codegen.tiles import default_config
+
+job = json.loads(sys.stdin.read())
+k = job["kernel"]
+kernel = KernelInterface.from_json(k)
+fn = getattr(import_module_file(job["module"], interpret=False), kernel.name)
+config = default_config("bf16", 64)
+found = {}
+for label, spec in (("launch", Specialisation()), ("bare", Specialisation(aligned_pointers=False, seq_len=37, num_heads=12))):
+    compiled, resources = compile_kernel(fn, k["types"], _constants(kernel, "bf16", 64, config, False),
+                                         config.launch_options(), 90, spec)
+    ptx = compiled.asm["ptx"]
+    found[label] = dict(cp_async_16=len(re.findall(r"cp\\.async\\.\\w+\\.shared\\.global\\s*\\[[^]]*\\],\\s*\\[[^]]*\\],\\s*(?:16|0x10)\\b", ptx)),
+                        two_byte_loads=len(re.findall(r"ld\\.global\\S*\\.b16", ptx)), registers=resources.registers, spills=resources.spills)
+print(json.dumps(found))
+"""
+
+
+def test_launch_specialisation_gives_vectorised_loads(tmp_path):
+    generated, module = standard_module(tmp_path)
+    found = compile_mode_child(VECTORISED_LOADS, {"module": str(module), "kernel": dataclasses.asdict(generated.kernels[0]) | {"types": generated.abi.signature(generated.kernels[0], "bf16")}})
+    assert found["launch"]["cp_async_16"] > 0 and found["bare"]["cp_async_16"] == 0
+    assert found["bare"]["two_byte_loads"] >= 2 * 16 and found["launch"]["two_byte_loads"] < found["bare"]["two_byte_loads"]
+    assert found["launch"]["spills"] == found["bare"]["spills"] == 0

@@ -23,27 +23,26 @@ def _schedule_text(entry) -> str:
     from genomec.codegen.stages import format_stages, plan_stages
 
     plan = plan_stages(entry.compiled)
-    if not plan.fused:
+    if not plan.fused:  # the schedule says why
         return format_schedule(schedule(entry.compiled.simplified))
     parts = [plan.note] if plan.note else []
     if not plan.multi_stage:
-        return "\n".join(parts + [format_schedule(schedule(plan.stages[0].compiled.simplified))])
+        return "\n".join(parts + [format_schedule(plan.stages[0].schedule)])
     parts.append(format_stages(plan))
     for stage in plan.stages:
-        parts.append(f"-- {stage.name} --\n" + format_schedule(schedule(stage.compiled.simplified)))
+        parts.append(f"-- {stage.name} --\n" + format_schedule(stage.schedule))
     return "\n".join(parts)
 
 
 def _source_text(entry) -> str:
-    from genomec.codegen.generate import generate
-    from genomec.codegen.stages import plan_stages
+    from genomec.codegen.product import compile_graph
 
-    plan = plan_stages(entry.compiled)
-    if not plan.fused:
-        return f"# no generated source: fallback to the reference executor ({plan.reason})"
-    if not plan.multi_stage:
-        return generate(plan.stages[0].compiled).source
-    return "\n\n".join(f"# ===== {s.name}: computes {s.computes} =====\n" + generate(s.compiled).source for s in plan.stages)
+    product = compile_graph(entry.compiled)
+    if not product.fused:
+        return f"# no generated source: fallback to the reference executor ({product.reason})"
+    if not product.plan.multi_stage:
+        return product.modules[0].source
+    return "\n\n".join(f"# ===== {s.name}: computes {s.computes} =====\n" + module.source for s, module in product.stages())
 
 
 def register(sub) -> None:

@@ -1,0 +1,102 @@
+"""The compile product and the kernel ABI: one schedule per graph, every kernel parameter
+declared once, the cache entry carrying the ABI that launching reads."""
+
+import ast
+import json
+import os
+import sys
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():  # Triton's mode is fixed by its first import: interpret here
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from conftest import ROOT, zoo_graphs
+from genomec.codegen import stages
+from genomec.codegen.abi import SCALARS, Element, Grid, ModuleABI, Role
+from genomec.codegen.product import compile_graph
+from genomec.genome import parse_genome
+from genomec.ir import execute, lower
+from genomec.runtime import KernelCache, load
+
+ZOO = zoo_graphs()
+STANDARD = "matmul(softmax(scale(matmul(q, transpose(k)))), v)"
+
+
+@pytest.mark.parametrize("name,genome", ZOO, ids=[n for n, _ in ZOO])
+def test_every_kernel_parameter_is_a_declared_buffer(name, genome):
+    graph = compile_graph(lower(genome))
+    for _, module in graph.stages():
+        abi = module.abi
+        declared = [b.name for b in abi.buffers]
+        assert len(declared) == len(set(declared))
+        used = {p for k in abi.kernels for p in k.params}
+        assert used - set(SCALARS) == set(declared)
+        for kernel in abi.kernels:
+            assert kernel.params[-len(SCALARS):] == SCALARS
+            assert f"def {kernel.name}(" in module.source
+            header = module.source.split(f"def {kernel.name}(", 1)[1].split("HEAD_DIM:", 1)[0]
+            assert [p.strip() for p in header.split(",") if p.strip()] == list(kernel.params)  # the source's order
+
+
+def test_a_graph_is_scheduled_once_per_compile(monkeypatch):
+    schedule_module = sys.modules["genomec.codegen.schedule"]  # (the package exports the function by that name)
+    calls = []
+    real = schedule_module.schedule
+
+    def counting(ir):
+        calls.append(ir)
+        return real(ir)
+
+    for module in (stages, sys.modules["genomec.codegen.generate"]):
+        monkeypatch.setattr(module, "schedule", counting)
+    graph = compile_graph(lower(parse_genome({"expr": STANDARD})))
+    assert graph.fused and len(graph.modules) == 1 and len(calls) == 1
+
+
+def test_buffers_are_sized_from_the_plan():
+    """Standard attention: one softmax (lse, 3 row terms of delta), one contraction
+    (saved value and its cotangent), no [d,d] state, no column statistics."""
+    (module,) = compile_graph(lower(parse_genome({"expr": STANDARD}))).modules
+    abi = module.abi
+    b, h, n, d = 2, 3, 37, 24
+    assert abi.buffer("lse_ptr").role == Role.SAVED and abi.buffer("lse_ptr").numel(b * h, n, d) == b * h * n
+    assert abi.buffer("saved_ptr").numel(b * h, n, d) == b * h * n * d
+    assert abi.buffer("delta_ptr").numel(b * h, n, d) == 3 * b * h * n
+    assert abi.buffer("dq_ptr").zeroed and abi.buffer("dq_ptr").element == Element.FP32
+    assert abi.buffer("mask_ptr").element == Element.INT8 and abi.buffer("mask_ptr").role == Role.GIVEN
+    assert "global_ptr" not in [x.name for x in abi.buffers]  # no reduction kernel
+    grids = {k.name: k.grid for k in abi.kernels}
+    assert grids == {"attention_fwd": Grid.QUERY_BLOCKS, "attention_bwd_prepare": Grid.QUERY_BLOCKS,
+                     "attention_bwd_keys": Grid.KEY_BLOCKS, "attention_bwd_queries": Grid.QUERY_BLOCKS}
+    signature = abi.signature(abi.kernels[0], "bf16")
+    assert signature["q_ptr"] == "*bf16" and signature["lse_ptr"] == "*fp32" and signature["mask_ptr"] == "*i8"
+    assert signature["seq_len"] == "i32" and signature["HEAD_DIM"] == "constexpr"
+
+
+def test_the_cache_entry_carries_the_abi_that_launch_reads(tmp_path):
+    expr = "matmul(softmax(matmul(q, softmax(transpose(k)))), v)"  # a reduction kernel and column statistics
+    compiled = lower(parse_genome({"expr": expr}))
+    (generated,) = compile_graph(compiled).modules
+    cache = KernelCache(tmp_path)
+    entry = cache.get_or_build(compiled)
+    stored = json.loads((entry.path / "entry.json").read_text())["abi"]
+    assert ModuleABI.from_json(stored) == generated.abi == entry.abi
+    assert {k.grid for k in entry.abi.kernels} >= {Grid.HEADS, Grid.QUERY_BLOCKS}
+    # and the module launched from it matches the reference, forward and backward
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 19, 16, generator=g, requires_grad=True) for _ in range(3))
+    module = load(compiled, cache)
+    assert module.fused and module.backward_fused
+    out = module(q, k, v)
+    reference = execute(compiled.simplified, *(t.double() for t in (q, k, v)))
+    assert (out.double() - reference).abs().max() <= 1e-4 * reference.abs().max()
+    out.sum().backward()
+    assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in (q, k, v))
+
+
+def test_launch_reads_the_abi_not_the_scheduler():
+    tree = ast.parse((ROOT / "runtime" / "launch.py").read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    assert not {m for m in imported if m.endswith(("schedule", "backward", "backward_plan", "template"))}, imported
