@@ -422,10 +422,13 @@ def format_schedule(sched: Schedule) -> str:
         lines.append(f"  global values: {', '.join(a.globals_loaded + a.global_values)}")
     lines.append(f"  query-side values: {', '.join(a.query_values) or '-'}")
     for p in a.key_passes:
-        what = {PassKind.STATISTICS: "row statistics of", PassKind.ONLINE: "online softmax", PassKind.ACCUMULATE: "accumulate"}[p.kind]
-        target = ", ".join(p.softmaxes) if p.kind == PassKind.STATISTICS else ", ".join(p.contractions)
-        extra = f" normalised by {p.softmaxes[0]}" if p.kind == PassKind.ONLINE else ""
-        lines.append(f"  pass over key blocks ({what} {target}{extra})")
+        if p.kind == PassKind.STATISTICS:
+            what = f"row statistics of {', '.join(p.softmaxes)}"
+        elif p.kind == PassKind.ONLINE:  # the softmax first: the contractions are normalised by its row sums
+            what = f"online softmax {p.softmaxes[0]}, contractions {', '.join(p.contractions)}"
+        else:
+            what = f"accumulate {', '.join(p.contractions)}"
+        lines.append(f"  pass over key blocks ({what})")
         lines.append(f"    key-side values: {', '.join(p.key_values) or '-'}")
         lines.append(f"    pair values: {', '.join(p.pair_values) or '-'}")
     lines.append(f"  post values: {', '.join(a.post_values) or '-'}")
