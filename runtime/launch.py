@@ -189,7 +189,9 @@ class CompiledAttention(torch.nn.Module):
                 **{c: constants[c] for c in kernel.constexprs},
                 **config.launch_options(),
             )
-        return tuple(args[f"d{n}_ptr"].to(dtype) if n in used else None for n in ("q", "k", "v"))
+        # an input that no backward kernel writes a gradient for has a zero one
+        grads = {n: args[f"d{n}_ptr"] if f"d{n}_ptr" in args else torch.zeros(ref.shape, device=ref.device) for n in used}
+        return tuple(grads[n].to(dtype) if n in used else None for n in ("q", "k", "v"))
 
     def _constants(self, ref, config) -> dict:
         head_dim = ref.shape[-1]
