@@ -69,12 +69,7 @@ def handle(args) -> int:
     shapes = [(4, 16, n, d) for d in head_dims for n in lengths]
     result = run_suite(graphs, args.output, aot=not args.no_aot, progress=progress, shapes=shapes,
                        dtypes=tuple(args.dtypes or GPU_DTYPES))
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print(Path(args.output, "results.md").read_text())
-        print(f"wrote {args.output}/results.json, results.md, results.png ({result['mode']} mode)")
-    return 0
+    return _report(args, result, "results.md", f"results.json, results.md, results.png ({result['mode']} mode)")
 
 
 def handle_static(args, graphs) -> int:
@@ -89,9 +84,14 @@ def handle_static(args, graphs) -> int:
         reference_tiles=tuple(args.reference_tiles or REFERENCE_TILES),
         progress=None if args.json else (lambda line: print(line, file=sys.stderr, flush=True)),
     )
+    return _report(args, result, "kernel_static.md", "kernel_static.json, kernel_static.md")
+
+
+def _report(args, result: dict, markdown: str, written: str) -> int:
+    """The JSON with --json, else the Markdown table and what was written."""
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(Path(args.output, "kernel_static.md").read_text())
-        print(f"wrote {args.output}/kernel_static.json, kernel_static.md")
+        print(Path(args.output, markdown).read_text())
+        print(f"wrote {args.output}/{written}")
     return 0
