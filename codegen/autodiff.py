@@ -25,7 +25,8 @@ from genomec.genome.ops import OPS, TOKENS, OpKind
 from genomec.ir.analysis import is_score
 from genomec.ir.graph import GLOBAL_SPACE, INPUT_OP, IR, PAIR_SPACE
 
-from . import template as T
+from . import backward_template as B
+from .template import indent, static_if
 from .emit import GLOBAL, PAIR, QUERY, Emitter, var
 
 
@@ -36,19 +37,6 @@ def grad(node_id: str, rows: str) -> str:
 def accumulator(node_id: str) -> str:
     """The cotangent of `node_id` summed over the blocks of a loop."""
     return f"acc_d{node_id}"
-
-
-# -- lines --------------------------------------------------------------------------------
-
-
-def indent(lines, spaces: int) -> str:
-    pad = " " * spaces
-    return "\n".join(pad + line for text in lines for line in text.split("\n")) if lines else pad + "# (none)"
-
-
-def static_if(flag: str, lines: list[str]) -> list[str]:
-    """Lines that run only when the constexpr `flag` is set (compiled away otherwise)."""
-    return [f"if {flag}:", indent(lines, 4)] if lines else []
 
 
 # -- the engine ---------------------------------------------------------------------------
@@ -77,7 +65,7 @@ class Backprop:
     def load_output_grad(self) -> None:
         """d_out of the query rows, as the cotangent of the output node."""
         self.grads.add((self.ir.output, QUERY))
-        self.lines.append(T.LOAD_OUTPUT_GRAD.format(out=self.ir.output))
+        self.lines.append(self.emitter.access(B.LOAD_OUTPUT_GRAD, out=self.ir.output))
 
     def add(self, node_id: str, rows: str, expr: str) -> None:
         name = grad(node_id, rows)
@@ -151,17 +139,17 @@ def _leaf(bp: Backprop, node_id: str, node, rows: str, g: str) -> None:
 
 def _softmax_over_keys(bp: Backprop, node_id: str, node, rows: str, g: str) -> None:
     """dS = P * (dP - delta); with fp32 inputs, minus the row's other terms at the row's
-    largest score (template.STAR_*: the plain formula cancels there)."""
+    largest score (backward_template.STAR_*: the plain formula cancels there)."""
     operand = node.operands[0]
     plain = f"tl.where(keep, {var(node_id, PAIR)} * ({g} - {node_id}_delta[:, None]), 0.0)"
     if bp.has(operand, PAIR):  # a second share of the operand's cotangent: the fix on its own first
         ds = f"{node_id}_dz"
         bp.lines.append(f"{ds} = {plain}")
-        bp.lines += static_if("STABLE_SOFTMAX_GRAD", [T.STAR_APPLY.format(g=ds, s=node_id)])
+        bp.lines += static_if("STABLE_SOFTMAX_GRAD", [B.STAR_APPLY.format(g=ds, s=node_id)])
         bp.add(operand, PAIR, ds)
     else:
         bp.add(operand, PAIR, plain)
-        bp.lines += static_if("STABLE_SOFTMAX_GRAD", [T.STAR_APPLY.format(g=grad(operand, PAIR), s=node_id)])
+        bp.lines += static_if("STABLE_SOFTMAX_GRAD", [B.STAR_APPLY.format(g=grad(operand, PAIR), s=node_id)])
 
 
 def _softmax_over_tokens(bp: Backprop, node_id: str, node, rows: str, g: str) -> None:

@@ -6,19 +6,14 @@
     autodiff          reverse-mode differentiation on the IR: Backprop and its table of
                       derivative rules (DERIVATIVE_RULES)
     backward_kernels  the kernel builders, and the math of the whole backward in its docstring
-                      (generate_backward, forward_save_lines)
+                      (generate_backward); backward_template holds their pieces
 
 This module keeps the names the rest of the compiler imports.
 """
 
 from __future__ import annotations
 
-from .backward_kernels import (
-    BACKWARD_CONSTEXPRS,
-    POINTERS,
-    forward_save_lines,
-    generate_backward,
-)
+from .backward_kernels import BACKWARD_CONSTEXPRS, generate_backward
 from .backward_plan import (
     BACKWARD_KERNELS,
     COLUMN_ROWS_KERNEL,
@@ -31,6 +26,6 @@ from .backward_plan import (
 )
 
 __all__ = [
-    "BACKWARD_CONSTEXPRS", "BACKWARD_KERNELS", "COLUMN_ROWS_KERNEL", "GLOBAL_BACKWARD_KERNELS", "POINTERS",
-    "BackwardKind", "BackwardSchedule", "OutsideBackwardClass", "backward_schedule", "format_backward", "forward_save_lines", "generate_backward",
+    "BACKWARD_CONSTEXPRS", "BACKWARD_KERNELS", "COLUMN_ROWS_KERNEL", "GLOBAL_BACKWARD_KERNELS",
+    "BackwardKind", "BackwardSchedule", "OutsideBackwardClass", "backward_schedule", "format_backward", "generate_backward",
 ]

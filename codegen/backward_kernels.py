@@ -46,15 +46,14 @@ key loop may read a state (post values, or query values that feed them).
 
 from __future__ import annotations
 
-import re
-
 from genomec.genome.ops import OPS, OpKind
 from genomec.ir.analysis import is_score, reads_state
 from genomec.ir.graph import IR, PAIR_SPACE, TOKEN_SPACE
 
+from . import backward_template as B
+from . import forward_template as F
 from . import template as T
-from .abi import SCALARS
-from .autodiff import Backprop, accumulator, grad, indent, static_if
+from .autodiff import Backprop, accumulator, grad
 from .backward_plan import BackwardKind, BackwardSchedule
 from .emit import GLOBAL, KEY, PAIR, QUERY, Emitter, var
 from .schedule import KernelRole, Schedule, token_closure
@@ -63,11 +62,7 @@ BACKWARD_CONSTEXPRS = (
     "HEAD_DIM", "HEAD_DIM_PAD", "HEAD_SCALE", "BLOCK_M", "BLOCK_N", "HAS_MASK", "IS_CAUSAL", "DOT_DTYPE", "DOT_PRECISION",
     "STABLE_SOFTMAX_GRAD",
 )
-# Pointer parameters in the order kernels take them (a kernel takes those its body reads).
-POINTERS = (
-    "q_ptr", "k_ptr", "v_ptr", "mask_ptr", "global_ptr", "stats_ptr", "lse_ptr", "saved_ptr", "dout_ptr", "dcontraction_ptr",
-    "delta_ptr", "dcolumn_ptr", "column_delta_ptr", "dglobal_ptr", "dq_ptr", "dk_ptr", "dv_ptr",
-)
+indent, static_if = T.indent, T.static_if
 
 
 class _RecomputeEmitter(Emitter):
@@ -78,19 +73,6 @@ class _RecomputeEmitter(Emitter):
         if self.ir.node(node_id).space == PAIR_SPACE:
             return [f"{var(node_id, rows)} = tl.where(keep, tl.exp({x} - {node_id}_lse[:, None]), 0.0)"]
         return super()._softmax(node_id, rows, x)
-
-
-def _params(text: str) -> tuple[str, ...]:
-    """The pointers a kernel's finished source reads, in POINTERS order (read off the text: each
-    buffer is spelled inside template.py's lines and emit.py's input loads)."""
-    return tuple(p for p in POINTERS if re.search(rf"\b{p}\b", text)) + SCALARS
-
-
-def forward_save_lines(plan: BackwardSchedule) -> str:
-    """The forward's SAVE_FOR_BACKWARD block: log-sum-exp per softmax, contraction values."""
-    lines = [T.SAVE_LSE.format(s=s, index=i, count=len(plan.softmaxes)) for i, s in enumerate(plan.softmaxes)]
-    lines += [T.SAVE_CONTRACTION.format(c=c, index=i, count=len(plan.contractions)) for i, c in enumerate(plan.contractions)]
-    return T.SAVE_FOR_BACKWARD.format(lines=indent(lines, 8))
 
 
 def generate_backward(sched: Schedule, plan: BackwardSchedule) -> list[tuple[KernelRole, str, tuple[str, ...]]]:
@@ -104,44 +86,48 @@ def generate_backward(sched: Schedule, plan: BackwardSchedule) -> list[tuple[Ker
         KernelRole.BWD_STATE_ROWS: _state_rows_kernel,
         KernelRole.BWD_COLUMN_ROWS: _column_rows_kernel,
     }
-    return [_named(name, kernels[name](sched, plan)) for name in plan.kernels]
+    return [(name, *kernels[name](sched, plan)) for name in plan.kernels]
 
 
-def _named(name: KernelRole, body_template: str):
-    params = _params(body_template)
-    return name, body_template.replace("{params}", " ".join(p + "," for p in params)), params
+def _kernel(name: KernelRole, emitter: Emitter, program: T.Program, body: str) -> tuple[str, tuple[str, ...]]:
+    """(source, params) of a backward kernel whose body `emitter` helped build: its pointer
+    parameters are the buffers the body's pieces name."""
+    params = emitter.params()
+    return T.kernel(name, params, BACKWARD_CONSTEXPRS, program, body), params
+
+
+def _section(title: str, lines, spaces: int = 4) -> str:
+    return f"\n{' ' * spaces}# -- {title} --\n" + indent(lines, spaces) + "\n"
 
 
 def _emit_all(emitter: Emitter, nodes, rows: str) -> list[str]:
     return [line for n in nodes for line in emitter.emit(n, rows)]
 
 
-def _statistics_loads(plan: BackwardSchedule, with_delta: bool) -> list[str]:
-    count = len(plan.softmaxes)
-    lines = [T.LOAD_LSE.format(s=s, index=i, count=count) for i, s in enumerate(plan.softmaxes)]
+def _statistics_loads(emitter: Emitter, plan: BackwardSchedule, with_delta: bool) -> list[str]:
+    lines = [emitter.access(B.LOAD_LSE, s=s, at=_row_stat_at(plan, s)) for s in plan.softmaxes]
     if with_delta:
-        lines += [T.LOAD_DELTA.format(s=s, **_row_stat(plan, s)) for s in plan.softmaxes]
-        lines += static_if("STABLE_SOFTMAX_GRAD", [T.STAR_LOAD.format(s=s, **_star_offsets(plan, s)) for s in plan.softmaxes])
+        lines += [emitter.access(B.LOAD_DELTA, s=s, at=_row_stat_at(plan, s)) for s in plan.softmaxes]
+        lines += static_if("STABLE_SOFTMAX_GRAD", [emitter.access(B.STAR_LOAD, s=s, **_star_at(plan, s)) for s in plan.softmaxes])
     return lines
 
 
-def _row_stat(plan: BackwardSchedule, softmax: str) -> dict:
-    """Index and count of a softmax over keys in the row statistics (delta) buffer."""
-    return dict(index=plan.softmaxes.index(softmax), count=len(plan.softmaxes))
+def _row_stat_at(plan: BackwardSchedule, softmax: str) -> str:
+    """Offsets of the program's query rows of a softmax over keys in the lse and delta buffers."""
+    return T.row_stats_at(plan.softmaxes.index(softmax), len(plan.softmaxes))
 
 
-def _star_offsets(plan: BackwardSchedule, softmax: str) -> dict:
-    """Where j* and dS at j* of each query row go (template.STAR_*): the second and third
-    regions of the delta buffer, after every (batch, head)'s deltas (grid axis 1 counts
+def _star_at(plan: BackwardSchedule, softmax: str) -> dict:
+    """Where j* and dS at j* of each query row go (backward_template.STAR_*): the second and
+    third regions of the delta buffer, after every (batch, head)'s deltas (grid axis 1 counts
     the (batch, head) pairs), so that delta's own offsets stay as short as they were."""
-    rows = T.ROW_STAT_OFFSETS.format(**_row_stat(plan, softmax))
-    region = f"tl.num_programs(1) * {len(plan.softmaxes)} * seq_len"
-    return dict(jstar_offsets=f"{region} + {rows}", dstar_offsets=f"2 * {region} + {rows}")
+    count = len(plan.softmaxes)
+    region = "tl.num_programs(1) * seq_len" if count == 1 else f"tl.num_programs(1) * {count} * seq_len"
+    return dict(stars=f"{region} + {_row_stat_at(plan, softmax)}", region=region)
 
 
-def static_if(flag: str, lines: list[str]) -> list[str]:
-    """Lines that run only when the constexpr `flag` is set (compiled away otherwise)."""
-    return [f"if {flag}:", indent(lines, 4)] if lines else []
+def _contraction_at(plan: BackwardSchedule, c: str) -> str:
+    return T.token_rows_at(plan.contractions.index(c), len(plan.contractions))
 
 
 def _pair_backprop(ir: IR, emitter: Emitter, plan: BackwardSchedule, stop=lambda n: False) -> Backprop:
@@ -179,49 +165,49 @@ def _score_grads(ir: IR, emitter: Emitter, plan: BackwardSchedule, backprop: Bac
     return result
 
 
-def _prepare_kernel(sched: Schedule, plan: BackwardSchedule) -> str:
+def _prepare_kernel(sched: Schedule, plan: BackwardSchedule) -> tuple[str, tuple[str, ...]]:
     ir = sched.ir
     emitter = _RecomputeEmitter(ir, sched.kinds)
-    count = len(plan.contractions)
-    lines = [T.LOAD_CONTRACTION.format(c=c, index=i, count=count) for i, c in enumerate(plan.contractions)]
+    lines = [emitter.access(B.LOAD_CONTRACTION, c=c, at=_contraction_at(plan, c)) for c in plan.contractions]
     lines += _emit_all(emitter, plan.post_values, QUERY)
     lines.append("# -- cotangents of the contractions: back through the post values from d_out --")
     backprop = Backprop(ir, emitter)
     backprop.load_output_grad()
     backprop.through(plan.post_values, QUERY)
     lines += backprop.lines
-    for i, c in enumerate(plan.contractions):
+    for c in plan.contractions:
         if not backprop.has(c, QUERY):
             lines.append(f"{grad(c, QUERY)} = tl.zeros([BLOCK_M, HEAD_DIM_PAD], tl.float32)")
         elif plan.reductions:  # back through dy @ G^T: the padded rows of a [d,d] value leave garbage past HEAD_DIM
             lines.append(f"{grad(c, QUERY)} = tl.where(dim_ok, {grad(c, QUERY)}, 0.0)")
-        lines.append(T.STORE_CONTRACTION_GRAD.format(c=c, index=i, count=count))
-    query_values = _global_value_lines(emitter, sched, plan) + _column_loads(sched, _columns_in(plan, plan.query_values, plan.key_values))
+        lines.append(emitter.access(B.STORE_CONTRACTION_GRAD, c=c, at=_contraction_at(plan, c)))
+    query_values = _global_value_lines(emitter, sched, plan)
+    query_values += _column_loads(emitter, sched, _columns_in(plan, plan.query_values, plan.key_values))
     query_values += _emit_all(emitter, plan.query_values, QUERY)
-    body = [indent(lines, 4)]
+    body = [indent(lines, 4) + "\n"]
 
     if plan.online:  # delta = sum_m rowsum(dc_m * c_m): the contractions are linear in P
         s = plan.online
         terms = " + ".join(f"tl.sum(tl.where(dim_ok, {grad(c, QUERY)} * {var(c, QUERY)}, 0.0), 1)" for c in plan.contractions)
-        body.append(indent(["# -- softmax row term: delta = sum_j P dP = rowsum(dc * c) --", f"{s}_delta = {terms}",
-                             T.STORE_DELTA.format(s=s, **_row_stat(plan, s))], 4))
+        body.append(_section("softmax row term: delta = sum_j P dP = rowsum(dc * c)",
+                             [f"{s}_delta = {terms}", emitter.access(B.STORE_DELTA, s=s, at=_row_stat_at(plan, s))]))
     if plan.softmaxes:
         body += _softmax_passes(ir, emitter, plan)
-    return T.BACKWARD_QUERY_PROGRAM.format(name=KernelRole.BWD_PREPARE, params="{params}",
-                                           query_values=indent(query_values, 4), body="\n".join(body))
+    body.insert(0, _section("query-side values, saved statistics and cotangents", query_values))
+    return _kernel(KernelRole.BWD_PREPARE, emitter, T.Program.QUERY_BLOCK, "".join(body))
 
 
 def _softmax_passes(ir: IR, emitter: Emitter, plan: BackwardSchedule) -> list[str]:
     """Prepare's passes over key blocks, one per nesting level of the softmaxes over keys:
     delta = sum_j P_ij dP_ij (unless the online softmax has it already) and, with fp32
-    inputs, the row's dominant key j* and dS there (template.STAR_*).
+    inputs, the row's dominant key j* and dS there (backward_template.STAR_*).
 
     A softmax of a softmax: dP of the inner one comes back through the outer one, which
     needs the outer delta (and dS at j*), so the passes go from the outermost level
     (nearest the contractions) in, each back through the levels already done."""
     key_values = _emit_all(emitter, plan.key_values, KEY)
     pair_values = _emit_all(emitter, plan.pair_values, PAIR)
-    init = _statistics_loads(plan, False)
+    init = _statistics_loads(emitter, plan, False)
     levels = plan.softmax_levels or (plan.softmaxes,)  # an online softmax has no statistics pass
     passes = []
     for depth in reversed(range(len(levels))):
@@ -232,23 +218,25 @@ def _softmax_passes(ir: IR, emitter: Emitter, plan: BackwardSchedule) -> list[st
         sums = [s for s in level if s != plan.online]  # delta still to be summed here
         # a pass that only finds j* (the online softmax's delta is known) runs for fp32 only
         stable = (lambda lines: static_if("STABLE_SOFTMAX_GRAD", lines)) if sums else (lambda lines: lines)
-        stars = [T.STAR_UPDATE.format(s=s, z=var(ir.node(s).operands[0], PAIR), p=var(s, PAIR)) for s in reached]
-        finish = [T.STORE_DELTA.format(s=s, **_row_stat(plan, s)) for s in sums]
-        finish += stable([T.STAR_FINISH.format(s=s, **_star_offsets(plan, s)) for s in level])
+        stars = [B.STAR_UPDATE.format(s=s, z=var(ir.node(s).operands[0], PAIR), p=var(s, PAIR)) for s in reached]
+        finish = [emitter.access(B.STORE_DELTA, s=s, at=_row_stat_at(plan, s)) for s in sums]
+        finish += stable([emitter.access(B.STAR_FINISH, s=s, **_star_at(plan, s)) for s in level])
         title = "pass over key blocks: softmax row terms delta = sum_j P dP, and dS at the largest score"
         if not sums:
             title = "pass over key blocks: dS at each row's largest score"
         if len(levels) > 1:
             title += f" (nesting level {depth + 1}: {', '.join(level)})"
-        loop = T.BACKWARD_KEY_LOOP.format(
-            title=title,
-            init=indent(init + [T.DELTA_INIT.format(s=s) for s in sums] + stable([T.STAR_INIT.format(s=s) for s in level]), 4),
-            key_values=indent(key_values, 8),
-            pair_values=indent(pair_values, 8),
-            pair_grads=indent(pair.lines, 8),
-            update_title="accumulate delta, and the terms beside the largest score" if sums else "the terms beside the largest score",
-            update=indent([T.DELTA_UPDATE.format(s=s, p=var(s, PAIR)) for s in sums if s in reached] + stable(stars), 8),
-            finish=indent(finish, 4),
+        update_title = "accumulate delta, and the terms beside the largest score" if sums else "the terms beside the largest score"
+        loop = T.BACKWARD_KEY_LOOP.render(
+            title,
+            init=init + [B.DELTA_INIT.format(s=s) for s in sums] + stable([B.STAR_INIT.format(s=s) for s in level]),
+            sections=[
+                ("key-side values", key_values),
+                ("pair values (recomputed)", pair_values),
+                ("cotangents of the pair values", pair.lines),
+                (update_title, [B.DELTA_UPDATE.format(s=s, p=var(s, PAIR)) for s in sums if s in reached] + stable(stars)),
+            ],
+            finish=finish,
         )
         passes.append(loop if sums else "\n    if STABLE_SOFTMAX_GRAD:\n" + indent([loop.lstrip("\n")], 4))
         init = []
@@ -273,16 +261,20 @@ def _downstream_of(ir: IR, roots, nodes) -> set[str]:
     return downstream
 
 
-def _contraction_grad_loads(plan: BackwardSchedule) -> list[str]:
-    count = len(plan.contractions)
-    return [T.LOAD_CONTRACTION_GRAD.format(c=c, index=i, count=count) for i, c in enumerate(plan.contractions)]
+def _contraction_grad_loads(emitter: Emitter, plan: BackwardSchedule) -> list[str]:
+    return [emitter.access(B.LOAD_CONTRACTION_GRAD, c=c, at=_contraction_at(plan, c)) for c in plan.contractions]
 
 
-def _input_grad_stores(backprop: Backprop, rows: str, offs: str) -> list[str]:
-    return [T.ADD_INPUT_GRAD.format(name=n, offs=offs, grad=grad(n, rows)) for n in ("q", "k", "v") if backprop.has(n, rows)]
+def _input_grad_stores(emitter: Emitter, backprop: Backprop, rows: str, held: str) -> list[str]:
+    """Each input's gradient on the rows `held` (rows_m or rows_n), added to what is there."""
+    return [
+        emitter.access(B.ADD_TO_OWN_ROWS, pointer=f"d{n}_ptr", var=f"d{n}", at=f"head_offset + {held} + offs_d[None, :]", rows=held, grad=grad(n, rows))
+        for n in ("q", "k", "v")
+        if backprop.has(n, rows)
+    ]
 
 
-def _keys_kernel(sched: Schedule, plan: BackwardSchedule) -> str:
+def _keys_kernel(sched: Schedule, plan: BackwardSchedule) -> tuple[str, tuple[str, ...]]:
     ir = sched.ir
     emitter = _RecomputeEmitter(ir, sched.kinds)
     pair = _pair_backprop(ir, emitter, plan)
@@ -297,81 +289,93 @@ def _keys_kernel(sched: Schedule, plan: BackwardSchedule) -> str:
     for x in accumulated:
         key_backprop.seed(x, KEY, accumulator(x))
     key_backprop.through(plan.key_values, KEY, stop=lambda n: n in plan.column_softmaxes)
-    query_values = _emit_all(emitter, plan.score_query_values, QUERY) + _statistics_loads(plan, True) + _contraction_grad_loads(plan)
-    key_values = _column_loads(sched, _columns_in(plan, plan.key_values, plan.score_query_values)) + _emit_all(emitter, plan.key_values, KEY)
-    text = T.BACKWARD_KEY_PROGRAM.format(
-        name=KernelRole.BWD_KEYS,
-        params="{params}",
-        key_values=indent(key_values, 4),
-        init=indent([T.GRAD_ACCUMULATOR_INIT.format(x=x, rows="BLOCK_N") for x in accumulated], 4),
-        query_values=indent(query_values, 8),
-        pair_values=indent(_emit_all(emitter, plan.pair_values, PAIR), 8),
-        pair_grads=indent(pair.lines, 8),
-        update=indent([f"{accumulator(x)} += {expr}" for x, expr in updates], 8),
-        key_grads=indent(key_backprop.lines + _column_grad_adds(sched, key_backprop, KEY, "offs_n")
-                          + _input_grad_stores(key_backprop, KEY, "offs_n"), 4),
+    query_values = _emit_all(emitter, plan.score_query_values, QUERY) + _statistics_loads(emitter, plan, True)
+    query_values += _contraction_grad_loads(emitter, plan)
+    key_values = _column_loads(emitter, sched, _columns_in(plan, plan.key_values, plan.score_query_values))
+    key_values += _emit_all(emitter, plan.key_values, KEY)
+    loop = T.QUERY_LOOP.render(
+        "pass over query blocks: key-side cotangents",
+        init=[B.GRAD_ACCUMULATOR_INIT.format(x=x, block="BLOCK_N") for x in accumulated],
+        sections=[
+            ("query-side values, saved statistics and cotangents", query_values),
+            ("pair values (recomputed)", _emit_all(emitter, plan.pair_values, PAIR)),
+            ("cotangents of the pair values", pair.lines),
+            ("accumulate the key-side cotangents over queries", [f"{accumulator(x)} += {expr}" for x, expr in updates]),
+        ],
     )
-    return text
+    key_grads = key_backprop.lines + _column_grad_adds(emitter, sched, key_backprop, KEY, "rows_n")
+    key_grads += _input_grad_stores(emitter, key_backprop, KEY, "rows_n")
+    body = _section("key-side values", key_values) + loop + _section("back through the key-side values to the inputs' key rows", key_grads)
+    return _kernel(KernelRole.BWD_KEYS, emitter, T.Program.KEY_BLOCK, body)
 
 
-def _queries_kernel(sched: Schedule, plan: BackwardSchedule) -> str:
+def _queries_kernel(sched: Schedule, plan: BackwardSchedule) -> tuple[str, tuple[str, ...]]:
     ir = sched.ir
     emitter = _RecomputeEmitter(ir, sched.kinds)
     pair = _pair_backprop(ir, emitter, plan)
     updates = _score_grads(ir, emitter, plan, pair, left=True)
     accumulated = list(dict.fromkeys(x for x, _ in updates))
-    loop = T.BACKWARD_KEY_LOOP.format(
-        title="pass over key blocks: query-side cotangents of the scores",
-        init=indent([T.GRAD_ACCUMULATOR_INIT.format(x=x, rows="BLOCK_M") for x in accumulated], 4),
-        key_values=indent(_emit_all(emitter, plan.key_values, KEY), 8),
-        pair_values=indent(_emit_all(emitter, plan.pair_values, PAIR), 8),
-        pair_grads=indent(pair.lines, 8),
-        update_title="accumulate the query-side cotangents over keys",
-        update=indent([f"{accumulator(x)} += {expr}" for x, expr in updates], 8),
-        finish="",
+    loop = T.BACKWARD_KEY_LOOP.render(
+        "pass over key blocks: query-side cotangents of the scores",
+        init=[B.GRAD_ACCUMULATOR_INIT.format(x=x, block="BLOCK_M") for x in accumulated],
+        sections=[
+            ("key-side values", _emit_all(emitter, plan.key_values, KEY)),
+            ("pair values (recomputed)", _emit_all(emitter, plan.pair_values, PAIR)),
+            ("cotangents of the pair values", pair.lines),
+            ("accumulate the query-side cotangents over keys", [f"{accumulator(x)} += {expr}" for x, expr in updates]),
+        ],
     )
     # after the loop: the post values' share, then back through the query-side chains
-    count = len(plan.contractions)
     query_backprop = Backprop(ir, emitter)
     for x in accumulated:
         query_backprop.seed(x, QUERY, accumulator(x))
-    post = [T.LOAD_CONTRACTION.format(c=c, index=i, count=count) for i, c in enumerate(plan.contractions)]
-    post += _emit_all(emitter, plan.post_values, QUERY)
+    post = []  # (emitted only when the kernel reads them: a piece joins the kernel's parameters as it is made)
     if ir.output not in plan.contractions:
+        post = [emitter.access(B.LOAD_CONTRACTION, c=c, at=_contraction_at(plan, c)) for c in plan.contractions]
+        post += _emit_all(emitter, plan.post_values, QUERY)
         query_backprop.load_output_grad()
         nodes = [n for n in ir.order() if n in set(plan.query_values) | set(plan.post_values)]
         query_backprop.through(nodes, QUERY, stop=lambda n: n in plan.column_softmaxes)
     else:
         query_backprop.through(plan.query_values, QUERY, stop=lambda n: n in plan.column_softmaxes)
-    tail = ["# -- the post values' share, and back through the query-side values to the inputs' query rows --"]
-    tail += (post if ir.output not in plan.contractions else []) + query_backprop.lines
-    tail += _column_grad_adds(sched, query_backprop, QUERY, "offs_m") + _input_grad_stores(query_backprop, QUERY, "offs_m")
-    query_values = _global_value_lines(emitter, sched, plan) + _column_loads(sched, _columns_in(plan, plan.query_values, plan.key_values))
+    tail = post + query_backprop.lines
+    tail += _column_grad_adds(emitter, sched, query_backprop, QUERY, "rows_m")
+    tail += _input_grad_stores(emitter, query_backprop, QUERY, "rows_m")
+    query_values = _global_value_lines(emitter, sched, plan)
+    query_values += _column_loads(emitter, sched, _columns_in(plan, plan.query_values, plan.key_values))
     query_values += _emit_all(emitter, plan.query_values, QUERY)
-    query_values += _statistics_loads(plan, True) + _contraction_grad_loads(plan)
-    return T.BACKWARD_QUERY_PROGRAM.format(
-        name=KernelRole.BWD_QUERIES,
-        params="{params}",
-        query_values=indent(query_values, 4),
-        body=loop + "\n" + indent(tail, 4),
-    )
+    query_values += _statistics_loads(emitter, plan, True) + _contraction_grad_loads(emitter, plan)
+    body = _section("query-side values, saved statistics and cotangents", query_values) + loop
+    body += _section("the post values' share, and back through the query-side values to the inputs' query rows", tail)
+    return _kernel(KernelRole.BWD_QUERIES, emitter, T.Program.QUERY_BLOCK, body)
 
 
 # -- [d,d] states and softmaxes over tokens ------------------------------------------------
 
 
 def _global_value_lines(emitter: Emitter, sched: Schedule, plan: BackwardSchedule) -> list[str]:
-    count = len(sched.reductions)
-    lines = [T.GLOBAL_LOAD.format(r=r, index=sched.reductions.index(r), count=count) for r in plan.reductions]
+    lines = [emitter.access(F.GLOBAL_LOAD, r=r, at=_state_at(sched, r)) for r in plan.reductions]
     return lines + _emit_all(emitter, plan.global_values, GLOBAL)
 
 
-def _column_loads(sched: Schedule, softmaxes, with_delta=()) -> list[str]:
+def _state_at(sched: Schedule, r: str) -> str:
+    return T.state_at(sched.reductions.index(r), len(sched.reductions))
+
+
+def _columns_at(sched: Schedule, s: str) -> str:
+    """Offsets of a softmax over tokens' column terms delta in their buffer."""
+    return T.columns_at(sched.column_softmaxes.index(s), len(sched.column_softmaxes))
+
+
+def _column_loads(emitter: Emitter, sched: Schedule, softmaxes, with_delta=()) -> list[str]:
     """Column statistics of softmaxes over tokens (kept from the forward), and column terms
     delta (from the global kernel's pass over tokens)."""
     count = len(sched.column_softmaxes)
-    lines = [T.COLUMN_STATISTICS_LOAD.format(s=s, index=sched.column_softmaxes.index(s), count=count) for s in softmaxes]
-    return lines + [T.LOAD_COLUMN_DELTA.format(s=s, index=sched.column_softmaxes.index(s), count=count) for s in with_delta]
+    lines = [
+        emitter.access(F.COLUMN_STATISTICS_LOAD, s=s, **T.column_statistics_at(sched.column_softmaxes.index(s), count))
+        for s in softmaxes
+    ]
+    return lines + [emitter.access(B.LOAD_COLUMN_DELTA, s=s, at=_columns_at(sched, s)) for s in with_delta]
 
 
 def _columns_in(plan: BackwardSchedule, *values) -> list[str]:
@@ -379,12 +383,15 @@ def _columns_in(plan: BackwardSchedule, *values) -> list[str]:
     return [s for s in plan.column_softmaxes if any(s in v for v in values)]
 
 
-def _column_grad_adds(sched: Schedule, backprop: Backprop, rows: str, offs: str) -> list[str]:
+def _column_grad_adds(emitter: Emitter, sched: Schedule, backprop: Backprop, rows: str, held: str) -> list[str]:
     """Next to a pass over keys: this kernel's share of dP of each softmax over tokens, added
-    into the buffer on the rows it owns (the column-rows kernel goes on from there)."""
+    into the buffer on the rows `held` that it owns (the column-rows kernel goes on from there)."""
     count = len(sched.column_softmaxes)
     return [
-        T.ADD_COLUMN_GRAD.format(s=s, index=sched.column_softmaxes.index(s), count=count, offs=offs, grad=grad(s, rows))
+        emitter.access(
+            B.ADD_TO_OWN_ROWS, pointer="dcolumn_ptr", var=f"d{s}", rows=held, grad=grad(s, rows),
+            at=T.token_rows_at(sched.column_softmaxes.index(s), count, held),
+        )
         for s in sched.column_softmaxes
         if backprop.has(s, rows)
     ]
@@ -411,18 +418,16 @@ def _seed_state_rows(ir: IR, emitter: Emitter, reductions, backprop: Backprop, w
             backprop.seed(y, KEY, f"_dot(tl.where(token_ok[:, None] & dim_ok, {var(x, KEY)}, 0.0), d{r}_g, DOT_DTYPE, DOT_PRECISION)")
 
 
-def _global_kernel(sched: Schedule, plan: BackwardSchedule) -> str:
+def _global_kernel(sched: Schedule, plan: BackwardSchedule) -> tuple[str, tuple[str, ...]]:
     ir = sched.ir
     emitter = Emitter(ir, sched.kinds)
-    values = _global_value_lines(emitter, sched, plan) + _column_loads(sched, plan.column_softmaxes)
-    passes = []
+    values = [B.HEAD_BLOCK_OK] + _global_value_lines(emitter, sched, plan) + _column_loads(emitter, sched, plan.column_softmaxes)
+    body = _section("global values", values)
     if plan.reductions:
-        passes.append(_state_grads_pass(sched, plan, emitter))
+        body += _state_grads_pass(sched, plan, emitter)
     if plan.column_softmaxes:
-        passes.append(_column_delta_pass(sched, plan, emitter))
-    return T.BACKWARD_GLOBAL_PROGRAM.format(
-        name=KernelRole.BWD_GLOBAL, params="{params}", global_values=indent(values, 4), passes="".join(passes),
-    )
+        body += _column_delta_pass(sched, plan, emitter)
+    return _kernel(KernelRole.BWD_GLOBAL, emitter, T.Program.HEAD, body)
 
 
 def _state_grads_pass(sched: Schedule, plan: BackwardSchedule, emitter: Emitter) -> str:
@@ -436,21 +441,22 @@ def _state_grads_pass(sched: Schedule, plan: BackwardSchedule, emitter: Emitter)
     for g in query.accumulated:
         states.seed(g, GLOBAL, accumulator(g))
     states.through(plan.global_values, GLOBAL)
-    count = len(sched.reductions)
     finish = []
     for r in plan.reductions:
         if not states.has(r, GLOBAL):
             finish.append(f"{grad(r, GLOBAL)} = tl.zeros([HEAD_DIM_PAD, HEAD_DIM_PAD], tl.float32)")
-        finish += [T.GLOBAL_GRAD_FINISH.format(r=r), T.GLOBAL_GRAD_STORE.format(r=r, index=sched.reductions.index(r), count=count)]
-    contraction_count = len(plan.contractions)
-    row_values = [T.LOAD_CONTRACTION.format(c=c, index=i, count=contraction_count) for i, c in enumerate(plan.contractions)]
+        finish += [B.GLOBAL_GRAD_FINISH.format(r=r), emitter.access(B.GLOBAL_GRAD_STORE, r=r, at=_state_at(sched, r))]
+    row_values = [emitter.access(B.LOAD_CONTRACTION, c=c, at=_contraction_at(plan, c)) for c in plan.contractions]
     row_values += _emit_all(emitter, plan.query_values, QUERY) + _emit_all(emitter, plan.post_values, QUERY)
-    return T.STATE_GRADS_PASS.format(
-        init=indent([T.GLOBAL_GRAD_INIT.format(g=g) for g in query.accumulated], 4),
-        query_values=indent(row_values + query.lines, 8),
-        update=indent(query.updates, 8),
-        global_grads=indent(states.lines + finish, 4),
+    loop = T.TOKEN_ROWS_LOOP.render(
+        "pass over the tokens as query rows: the [d,d] cotangents",
+        init=[B.GLOBAL_GRAD_INIT.format(g=g) for g in query.accumulated],
+        sections=[
+            ("query-side values and their cotangents", row_values + query.lines),
+            ("accumulate the [d,d] cotangents over the query rows", query.updates),
+        ],
     )
+    return loop + _section("back through the [d,d] values to the reductions", states.lines + finish)
 
 
 def _column_delta_pass(sched: Schedule, plan: BackwardSchedule, emitter: Emitter) -> str:
@@ -469,7 +475,7 @@ def _column_delta_pass(sched: Schedule, plan: BackwardSchedule, emitter: Emitter
     if plan.kind == BackwardKind.KEYS:
         token_roots += plan.column_softmaxes
         for i, s in enumerate(plan.column_softmaxes):
-            token_rows.seed(s, KEY, T.LOAD_COLUMN_GRAD.format(index=i, count=count, offs="offs_n"))
+            token_rows.seed(s, KEY, emitter.access(B.LOAD_COLUMN_GRAD, at=T.token_rows_at(i, count, "rows_n")))
     elif any(n in below for n in plan.query_values):
         lines += _emit_all(emitter, token_closure(ir, kinds, [n for n in plan.query_values if n in below]), QUERY)
         query = _query_backprop(ir, emitter, plan, global_cotangents=False, stop=stop)
@@ -484,54 +490,61 @@ def _column_delta_pass(sched: Schedule, plan: BackwardSchedule, emitter: Emitter
         lines += _emit_all(emitter, token_closure(ir, kinds, token_roots), KEY) + token_rows.lines
         shares.append((token_rows, KEY))
     update = [
-        T.COLUMN_DELTA_UPDATE.format(s=s, p=var(s, rows))
+        B.COLUMN_DELTA_UPDATE.format(s=s, p=var(s, rows))
         for s in plan.column_softmaxes
         for backprop, rows in shares
         if backprop.has(s, rows)
     ]
-    return T.COLUMN_DELTA_PASS.format(
-        init=indent([T.COLUMN_DELTA_INIT.format(s=s) for s in plan.column_softmaxes], 4),
-        values=indent(lines, 8),
-        update=indent(update, 8),
-        finish=indent([T.STORE_COLUMN_DELTA.format(s=s, index=i, count=count) for i, s in enumerate(plan.column_softmaxes)], 4),
+    return T.TOKEN_ROWS_LOOP.render(
+        "pass over the tokens: column terms delta_c = sum_n P[n, c] dP[n, c] of the softmaxes over tokens",
+        init=[B.COLUMN_DELTA_INIT.format(s=s) for s in plan.column_softmaxes],
+        sections=[
+            ("token values, and dP from d_out (query rows) and from the states' cotangents (state rows)", lines),
+            ("accumulate delta over the real tokens", update),
+        ],
+        finish=[emitter.access(B.STORE_COLUMN_DELTA, s=s, at=_columns_at(sched, s)) for s in plan.column_softmaxes],
     )
 
 
-def _query_rows_kernel(sched: Schedule, plan: BackwardSchedule) -> str:
+def _token_block_kernel(name: KernelRole, emitter: Emitter, title: str, values, stores) -> tuple[str, tuple[str, ...]]:
+    """A kernel with one program per token block: its values, then the inputs' gradients on its rows."""
+    body = _section(title, values) + _section("the inputs' gradients on these rows", stores)
+    return _kernel(name, emitter, T.Program.TOKEN_BLOCK, body)
+
+
+def _query_rows_kernel(sched: Schedule, plan: BackwardSchedule) -> tuple[str, tuple[str, ...]]:
     ir = sched.ir
     emitter = Emitter(ir, sched.kinds)
     # a softmax over tokens that the query rows read: its delta term is added here
     columns = [s for s in plan.column_softmaxes if s in plan.query_values]
     query = _query_backprop(ir, emitter, plan, global_cotangents=False, delta_terms=columns)
-    values = _global_value_lines(emitter, sched, plan) + _column_loads(sched, columns, with_delta=columns)
+    values = _global_value_lines(emitter, sched, plan) + _column_loads(emitter, sched, columns, with_delta=columns)
     values += _emit_all(emitter, plan.query_values, QUERY) + query.lines
-    return T.BACKWARD_TOKEN_PROGRAM.format(
-        name=KernelRole.BWD_QUERY_ROWS, params="{params}", title="query rows: back from d_out",
-        values=indent(values, 4), store=indent(_input_grad_stores(query, QUERY, "offs_m"), 4),
+    return _token_block_kernel(
+        KernelRole.BWD_QUERY_ROWS, emitter, "query rows: back from d_out", values, _input_grad_stores(emitter, query, QUERY, "rows_m"),
     )
 
 
-def _state_rows_kernel(sched: Schedule, plan: BackwardSchedule) -> str:
+def _state_rows_kernel(sched: Schedule, plan: BackwardSchedule) -> tuple[str, tuple[str, ...]]:
     ir = sched.ir
     emitter = Emitter(ir, sched.kinds)
-    count = len(sched.reductions)
     columns = [s for s in plan.column_softmaxes if s in plan.reduction_values]
     # a softmax over tokens that only the states read: its delta term is added here (next to a
     # pass over keys, the column-rows kernel adds them all)
     delta_terms = [] if plan.kind == BackwardKind.KEYS else [s for s in columns if s not in plan.query_values]
     keys = Backprop(ir, emitter, delta_terms=delta_terms)
-    values = [T.GLOBAL_GRAD_LOAD.format(r=r, index=sched.reductions.index(r), count=count) for r in plan.reductions]
-    values += _column_loads(sched, columns, with_delta=delta_terms)
+    values = [emitter.access(B.GLOBAL_GRAD_LOAD, r=r, at=_state_at(sched, r)) for r in plan.reductions]
+    values += _column_loads(emitter, sched, columns, with_delta=delta_terms)
     _seed_state_rows(ir, emitter, plan.reductions, keys)
     keys.through(plan.reduction_values, KEY)
     values += _emit_all(emitter, plan.reduction_values, KEY) + keys.lines
-    return T.BACKWARD_TOKEN_PROGRAM.format(
-        name=KernelRole.BWD_STATE_ROWS, params="{params}", title="rows of the reductions' operands: back from each state's cotangent",
-        values=indent(values, 4), store=indent(_input_grad_stores(keys, KEY, "offs_m"), 4),
+    return _token_block_kernel(
+        KernelRole.BWD_STATE_ROWS, emitter, "rows of the reductions' operands: back from each state's cotangent", values,
+        _input_grad_stores(emitter, keys, KEY, "rows_m"),
     )
 
 
-def _column_rows_kernel(sched: Schedule, plan: BackwardSchedule) -> str:
+def _column_rows_kernel(sched: Schedule, plan: BackwardSchedule) -> tuple[str, tuple[str, ...]]:
     """Next to a pass over keys: per token block, dX = P * (dP - delta) of each softmax over
     tokens (dP from the buffer the key-pass kernels filled), back to the inputs."""
     ir = sched.ir
@@ -539,11 +552,11 @@ def _column_rows_kernel(sched: Schedule, plan: BackwardSchedule) -> str:
     count = len(sched.column_softmaxes)
     rows = Backprop(ir, emitter, delta_terms=plan.column_softmaxes)
     for i, s in enumerate(plan.column_softmaxes):
-        rows.seed(s, KEY, T.LOAD_COLUMN_GRAD.format(index=i, count=count, offs="offs_n"))
+        rows.seed(s, KEY, emitter.access(B.LOAD_COLUMN_GRAD, at=T.token_rows_at(i, count, "rows_n")))
     rows.through(plan.column_values, KEY)
-    values = _column_loads(sched, plan.column_softmaxes, with_delta=plan.column_softmaxes)
+    values = _column_loads(emitter, sched, plan.column_softmaxes, with_delta=plan.column_softmaxes)
     values += _emit_all(emitter, plan.column_values, KEY) + rows.lines
-    return T.BACKWARD_TOKEN_PROGRAM.format(
-        name=KernelRole.BWD_COLUMN_ROWS, params="{params}", title="rows of the softmaxes over tokens: back from dX = P * (dP - delta)",
-        values=indent(values, 4), store=indent(_input_grad_stores(rows, KEY, "offs_m"), 4),
+    return _token_block_kernel(
+        KernelRole.BWD_COLUMN_ROWS, emitter, "rows of the softmaxes over tokens: back from dX = P * (dP - delta)", values,
+        _input_grad_stores(emitter, rows, KEY, "rows_m"),
     )

@@ -19,6 +19,9 @@ from genomec.genome.ops import OPS, TOKENS, OpKind
 from genomec.ir.analysis import is_score
 from genomec.ir.graph import GLOBAL_SPACE, INPUT_OP, IR, PAIR_SPACE
 
+from .abi import SCALARS
+from .template import POINTERS, Access
+
 QUERY, KEY, PAIR, GLOBAL = "i", "j", "ij", "g"
 
 
@@ -35,6 +38,22 @@ class Emitter:
         self.kinds = kinds
         self.online_softmax = online_softmax
         self._zero_padded: dict[str, bool] = {}
+        self.pointers: set[str] = {"mask_ptr"}  # the buffers of the kernel's text (every prologue reads the mask)
+
+    # -- buffers --------------------------------------------------------------------------
+
+    def access(self, piece: Access, pointer: str | None = None, **holes) -> str:
+        """A template piece that reads or writes a buffer, filled in: the buffer joins the
+        kernel's pointer parameters. `pointer` names it where the piece leaves it as {ptr}."""
+        pointer = pointer or piece.pointer
+        self.pointers.add(pointer)
+        return piece.format(ptr=pointer, **holes)
+
+    def params(self) -> tuple[str, ...]:
+        """The kernel's parameters: the buffers its text names, in POINTERS order, then the scalars."""
+        unknown = self.pointers - set(POINTERS)
+        assert not unknown, f"buffers missing from template.POINTERS: {sorted(unknown)}"
+        return tuple(p for p in POINTERS if p in self.pointers) + SCALARS
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -73,11 +92,9 @@ class Emitter:
         node = self.ir.node(node_id)
         target = var(node_id, rows)
         if node.op == INPUT_OP:
-            offsets = "offs_m" if rows == QUERY else "offs_n"
-            return [
-                f"{target} = tl.load({node.input}_ptr + head_offset + {offsets}[:, None] * HEAD_DIM + offs_d[None, :], "
-                f"mask=({offsets}[:, None] < seq_len) & dim_ok, other=0.0).to(tl.float32)"
-            ]
+            held = "rows_m" if rows == QUERY else "rows_n"  # template.py's row offsets
+            self.pointers.add(f"{node.input}_ptr")
+            return [f"{target} = tl.load({node.input}_ptr + head_offset + {held} + offs_d[None, :], mask={held}_ok & dim_ok, other=0.0).to(tl.float32)"]
         op = OPS[node.op]
         args = [var(o, self.rows_of(o, rows)) for o in node.operands]
         if is_score(self.ir, node_id):  # query x key

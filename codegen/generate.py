@@ -15,11 +15,13 @@ from genomec.genome import ops as registry
 from genomec.genome.ops import OPS, OpKind
 from genomec.ir import Compiled, analysis, format_ir
 
+from . import backward_template as B
+from . import forward_template as F
 from . import template as T
 from .abi import SCALARS, Buffer, Element, Extent, Grid, KernelInterface, ModuleABI, Role
 from .emit import GLOBAL, KEY, PAIR, QUERY, Emitter, var
 from .backward import (
-    BACKWARD_CONSTEXPRS, BackwardKind, BackwardSchedule, backward_schedule, format_backward, forward_save_lines, generate_backward,
+    BACKWARD_CONSTEXPRS, BackwardKind, BackwardSchedule, backward_schedule, format_backward, generate_backward,
 )
 from .schedule import AttentionKernel, KernelRole, KeyPass, PassKind, ReductionKernel, Schedule, format_schedule, schedule
 
@@ -88,18 +90,8 @@ ATTENTION_CONSTEXPRS = (
 )
 
 
-def _indent(lines, spaces: int) -> str:
-    pad = " " * spaces
-    return "\n".join(pad + line for text in lines for line in text.split("\n"))
-
-
 def _comment(text: str) -> str:
     return "\n".join("#   " + line for line in text.split("\n"))
-
-
-def _inputs_read(values) -> list[str]:
-    """The inputs among `values`, in q, k, v order (each becomes a pointer parameter)."""
-    return [n for n in ("q", "k", "v") if n in values]
 
 
 def generate(compiled: Compiled, sched: Schedule | None = None) -> GeneratedModule:
@@ -154,7 +146,7 @@ def _buffers(params: set[str], sched: Schedule, plan: BackwardSchedule) -> tuple
         Buffer("saved_ptr", fp32, Role.SAVED, Extent.TOKEN_ROWS, contractions),
         Buffer("dout_ptr", Element.INPUT, given),
         Buffer("dcontraction_ptr", fp32, Role.SCRATCH, Extent.TOKEN_ROWS, contractions),
-        Buffer("delta_ptr", fp32, Role.SCRATCH, Extent.TOKENS, T.ROW_STAT_ROWS * softmaxes),
+        Buffer("delta_ptr", fp32, Role.SCRATCH, Extent.TOKENS, B.ROW_STAT_ROWS * softmaxes),
         Buffer("dcolumn_ptr", fp32, Role.SCRATCH, Extent.TOKEN_ROWS, column_shares, zeroed=True),
         Buffer("column_delta_ptr", fp32, Role.SCRATCH, Extent.HEAD_DIM, column_softmaxes),
         Buffer("dglobal_ptr", fp32, Role.SCRATCH, Extent.STATE, len(sched.reductions)),
@@ -186,67 +178,56 @@ def keep_what_is_called(source: str) -> str:
                 todo.append(name)
     for start, _, end in sorted((spans[name] for name in helpers - used), reverse=True):
         source = source[:start] + source[end:]
-    return re.sub(r"\n{4,}", "\n\n\n", source)
+    return re.sub(r"\n+(?=@triton\.jit\n)", "\n\n\n", source)  # two blank lines before each
 
 
-def _params(inputs, *, out: bool, sched: Schedule) -> tuple[str, ...]:
-    params = [f"{name}_ptr" for name in inputs] + ["mask_ptr"]
-    if out:
-        params.append("out_ptr")
-    if sched.reductions:
-        params.append("global_ptr")
-    if sched.column_softmaxes:
-        params.append("stats_ptr")
-    return tuple(params) + SCALARS
+def _section(title: str, lines) -> str:
+    return f"\n    # -- {title} --\n" + T.indent(lines, 4) + "\n"
+
+
+def _column_statistics_at(sched: Schedule, s: str) -> dict:
+    """Where a softmax over tokens keeps its column max and sum in the stats buffer."""
+    return T.column_statistics_at(sched.column_softmaxes.index(s), len(sched.column_softmaxes))
+
+
+def _state_at(sched: Schedule, r: str) -> str:
+    return T.state_at(sched.reductions.index(r), len(sched.reductions))
 
 
 def _reduction_kernel(sched: Schedule, kernel: ReductionKernel):
     ir = sched.ir
     emitter = Emitter(ir, sched.kinds)
-    count = len(sched.column_softmaxes)
     passes = []
     if kernel.column_softmaxes:
         passes.append(
-            T.TOKEN_LOOP.format(
-                title="pass 1: column statistics of the softmaxes over tokens",
-                init=_indent([T.COLUMN_STATISTICS_INIT.format(s=s) for s in kernel.column_softmaxes], 4),
-                values=_indent([line for n in kernel.statistics_values for line in emitter.emit(n, KEY)], 8),
-                update_title="update column max and sum",
-                update=_indent(
-                    [T.COLUMN_STATISTICS_UPDATE.format(s=s, x=var(ir.node(s).operands[0], KEY)) for s in kernel.column_softmaxes], 8
-                ),
-                finish=_indent(
-                    [
-                        T.COLUMN_STATISTICS_FINISH.format(s=s, index=sched.column_softmaxes.index(s), count=count)
-                        for s in kernel.column_softmaxes
-                    ],
-                    4,
-                ),
+            T.TOKEN_LOOP.render(
+                "pass 1: column statistics of the softmaxes over tokens",
+                init=[F.COLUMN_STATISTICS_INIT.format(s=s) for s in kernel.column_softmaxes],
+                sections=[
+                    ("token values", [line for n in kernel.statistics_values for line in emitter.emit(n, KEY)]),
+                    ("update column max and sum",
+                     [F.COLUMN_STATISTICS_UPDATE.format(s=s, x=var(ir.node(s).operands[0], KEY)) for s in kernel.column_softmaxes]),
+                ],
+                finish=[emitter.access(F.COLUMN_STATISTICS_FINISH, s=s, **_column_statistics_at(sched, s)) for s in kernel.column_softmaxes],
             )
         )
     if kernel.reductions:
-        n_red = len(sched.reductions)
         passes.append(
-            T.TOKEN_LOOP.format(
-                title=f"pass {len(passes) + 1}: reduce over tokens",
-                init=_indent([T.REDUCTION_INIT.format(r=r) for r in kernel.reductions], 4),
-                values=_indent([line for n in kernel.reduction_values for line in emitter.emit(n, KEY)], 8),
-                update_title="accumulate x^T @ y",
-                update=_indent(
-                    [
-                        T.REDUCTION_UPDATE.format(r=r, x=var(ir.node(r).operands[0], KEY), y=var(ir.node(r).operands[1], KEY))
+            T.TOKEN_LOOP.render(
+                f"pass {len(passes) + 1}: reduce over tokens",
+                init=[F.REDUCTION_INIT.format(r=r) for r in kernel.reductions],
+                sections=[
+                    ("token values", [line for n in kernel.reduction_values for line in emitter.emit(n, KEY)]),
+                    ("accumulate x^T @ y", [
+                        F.REDUCTION_UPDATE.format(r=r, x=var(ir.node(r).operands[0], KEY), y=var(ir.node(r).operands[1], KEY))
                         for r in kernel.reductions
-                    ],
-                    8,
-                ),
-                finish=_indent(
-                    [T.REDUCTION_STORE.format(r=r, index=sched.reductions.index(r), count=n_red) for r in kernel.reductions], 4
-                ),
+                    ]),
+                ],
+                finish=[emitter.access(F.REDUCTION_STORE, r=r, at=_state_at(sched, r)) for r in kernel.reductions],
             )
         )
-    values = set(kernel.statistics_values) | set(kernel.reduction_values)
-    params = _params(_inputs_read(values), out=False, sched=sched)
-    text = T.REDUCTION_KERNEL.format(name=kernel.name, params=" ".join(p + "," for p in params), passes="".join(passes))
+    params = emitter.params()
+    text = T.kernel(kernel.name, params, REDUCTION_CONSTEXPRS, T.Program.HEAD, "".join(passes))
     return text, KernelInterface(kernel.name, params, REDUCTION_CONSTEXPRS, Grid.HEADS)
 
 
@@ -255,69 +236,64 @@ def _attention_kernel(sched: Schedule, kernel: AttentionKernel, plan: BackwardSc
     online = next((p.softmaxes[0] for p in kernel.key_passes if p.kind == PassKind.ONLINE), None)
     emitter = Emitter(ir, sched.kinds, online_softmax=online)
 
-    global_lines = [
-        T.GLOBAL_LOAD.format(r=r, index=sched.reductions.index(r), count=len(sched.reductions)) for r in kernel.globals_loaded
-    ]
+    global_lines = [emitter.access(F.GLOBAL_LOAD, r=r, at=_state_at(sched, r)) for r in kernel.globals_loaded]
     used_values = set(kernel.query_values).union(*(p.key_values for p in kernel.key_passes))
     global_lines += [
-        T.COLUMN_STATISTICS_LOAD.format(s=s, index=sched.column_softmaxes.index(s), count=len(sched.column_softmaxes))
+        emitter.access(F.COLUMN_STATISTICS_LOAD, s=s, **_column_statistics_at(sched, s))
         for s in sched.column_softmaxes
         if s in used_values
     ]
     global_lines += [line for n in kernel.global_values for line in emitter.emit(n, GLOBAL)]
 
-    key_passes = [_key_pass(ir, emitter, index + 1, p) for index, p in enumerate(kernel.key_passes)]
-    output = var(ir.output, QUERY)
-    inputs = _inputs_read(used_values)
-    params = _params(inputs, out=True, sched=sched)
-    constexprs = ATTENTION_CONSTEXPRS
     saves = plan.fused and plan.kind == BackwardKind.KEYS  # ([d,d] states are in the reduction kernel's buffer already)
-    if saves:  # the forward also saves what the backward reads, when asked
-        saved = ("lse_ptr",) if plan.softmaxes else ()
-        params = params[:-2] + saved + ("saved_ptr",) + params[-2:]
-        constexprs = constexprs + ("SAVE_FOR_BACKWARD",)
-    text = T.ATTENTION_KERNEL.format(
-        name=kernel.name,
-        params=" ".join(p + "," for p in params),
-        global_values=_indent(global_lines or ["# (none)"], 4),
-        query_values=_indent([line for n in kernel.query_values for line in emitter.emit(n, QUERY)] or ["# (none)"], 4),
-        key_passes="".join(key_passes),
-        save_for_backward=forward_save_lines(plan) if saves else "",
-        save_constexpr=" SAVE_FOR_BACKWARD: tl.constexpr," if saves else "",
-        post_values=_indent([line for n in kernel.post_values for line in emitter.emit(n, QUERY)] or ["# (none)"], 4),
-        output=output,
-    )
+    constexprs = ATTENTION_CONSTEXPRS + (("SAVE_FOR_BACKWARD",) if saves else ())
+    body = _section("global values", global_lines)
+    body += _section("query-side values", [line for n in kernel.query_values for line in emitter.emit(n, QUERY)])
+    body += "".join(_key_pass(ir, emitter, index + 1, p) for index, p in enumerate(kernel.key_passes))
+    if saves:
+        body += _section("save for the backward: log-sum-exp of each softmax over keys, contraction values", _save_lines(emitter, plan))
+    body += _section("post values", [line for n in kernel.post_values for line in emitter.emit(n, QUERY)])
+    body += _section("store: padded query rows are 0", [emitter.access(F.STORE_OUTPUT, output=var(ir.output, QUERY))])
+    params = emitter.params()
+    text = T.kernel(kernel.name, params, constexprs, T.Program.QUERY_BLOCK, body)
     return text, KernelInterface(kernel.name, params, constexprs, Grid.QUERY_BLOCKS)
 
 
+def _save_lines(emitter: Emitter, plan: BackwardSchedule) -> list[str]:
+    """The forward's SAVE_FOR_BACKWARD lines: log-sum-exp per softmax, contraction values."""
+    softmaxes, contractions = len(plan.softmaxes), len(plan.contractions)
+    lines = [emitter.access(F.SAVE_LSE, s=s, at=T.row_stats_at(i, softmaxes)) for i, s in enumerate(plan.softmaxes)]
+    lines += [emitter.access(F.SAVE_CONTRACTION, c=c, at=T.token_rows_at(i, contractions)) for i, c in enumerate(plan.contractions)]
+    return T.static_if("SAVE_FOR_BACKWARD", lines)
+
+
 def _key_pass(ir, emitter: Emitter, index: int, p: KeyPass) -> str:
-    key_values = [line for n in p.key_values for line in emitter.emit(n, KEY)]
-    pair_values = [line for n in p.pair_values for line in emitter.emit(n, PAIR)]
+    sections = [
+        ("key-side values", [line for n in p.key_values for line in emitter.emit(n, KEY)]),
+        ("pair values", [line for n in p.pair_values for line in emitter.emit(n, PAIR)]),
+    ]
     if p.kind == PassKind.STATISTICS:
-        return T.KEY_LOOP.format(
-            index=index,
-            title=f"row statistics of {', '.join(p.softmaxes)}",
-            init=_indent([T.ROW_STATISTICS_INIT.format(s=s) for s in p.softmaxes], 4),
-            key_values=_indent(key_values or ["# (none)"], 8),
-            pair_values=_indent(pair_values or ["# (none)"], 8),
-            update_title="update row max and sum",
-            update=_indent([T.ROW_STATISTICS_UPDATE.format(s=s, x=var(ir.node(s).operands[0], PAIR)) for s in p.softmaxes], 8),
-            finish=_indent([T.ROW_STATISTICS_FINISH.format(s=s) for s in p.softmaxes], 4),
+        return T.KEY_LOOP.render(
+            f"pass {index}: row statistics of {', '.join(p.softmaxes)}",
+            init=[F.ROW_STATISTICS_INIT.format(s=s) for s in p.softmaxes],
+            sections=sections + [
+                ("update row max and sum", [F.ROW_STATISTICS_UPDATE.format(s=s, x=var(ir.node(s).operands[0], PAIR)) for s in p.softmaxes])
+            ],
+            finish=[F.ROW_STATISTICS_FINISH.format(s=s) for s in p.softmaxes],
         )
     online = p.kind == PassKind.ONLINE
     s = p.softmaxes[0] if online else None
-    init = [T.ROW_STATISTICS_INIT.format(s=s)] if online else []
-    init += [T.ACCUMULATOR_INIT.format(c=c) for c in p.contractions]
-    accumulate = T.ACCUMULATE_ONLINE if online else T.ACCUMULATE
-    finish = T.ACCUMULATOR_FINISH_ONLINE if online else T.ACCUMULATOR_FINISH
+    init = [F.ROW_STATISTICS_INIT.format(s=s)] if online else []
+    init += [F.ACCUMULATOR_INIT.format(c=c) for c in p.contractions]
+    accumulate = F.ACCUMULATE_ONLINE if online else F.ACCUMULATE
+    finish = F.ACCUMULATOR_FINISH_ONLINE if online else F.ACCUMULATOR_FINISH
     operands = [ir.node(c).operands for c in p.contractions]
-    return T.KEY_LOOP.format(
-        index=index,
-        title=(f"online softmax {s} and " if online else "") + f"contractions {', '.join(p.contractions)} over keys",
-        init=_indent(init, 4),
-        key_values=_indent(key_values or ["# (none)"], 8),
-        pair_values=_indent(pair_values or ["# (none)"], 8),
-        update_title="accumulate pair @ key rows" + (" (rescaled to the new row max)" if online else ""),
-        update=_indent([accumulate.format(c=c, s=s, p=var(a, PAIR), x=var(b, KEY)) for c, (a, b) in zip(p.contractions, operands)], 8),
-        finish=_indent([finish.format(c=c, s=s) for c in p.contractions], 4),
+    return T.KEY_LOOP.render(
+        f"pass {index}: " + (f"online softmax {s}, " if online else "") + f"contractions {', '.join(p.contractions)} over keys",
+        init=init,
+        sections=sections + [(
+            "accumulate pair @ key rows" + (" (rescaled to the new row max)" if online else ""),
+            [accumulate.format(c=c, s=s, p=var(a, PAIR), x=var(b, KEY)) for c, (a, b) in zip(p.contractions, operands)],
+        )],
+        finish=[finish.format(c=c, s=s) for c in p.contractions],
     )

@@ -1,8 +1,24 @@
-"""Templates of the generated Triton module: real Triton code with holes ({name}).
+"""The skeleton every generated kernel shares: the module header, one kernel signature, one
+program prologue per grid role, one loop over token blocks, and the short names of the
+row offsets. Real Triton code with holes ({name}); the Python side decides what goes in
+each hole, the templates hold no logic of their own.
 
-The Python side (generate.py) decides what goes in each hole; the templates hold no
-logic of their own. Indentation inside holes is added by the generator.
+The forward's own pieces are in forward_template.py, the backward's in backward_template.py.
+
+Names every kernel body may use, set up here:
+
+    batch_head, batch, head_offset   the program's (batch, head) and where its [N, HEAD_DIM] rows start
+    offs_m, rows_m, rows_m_ok        query rows held: token indices, where they start in a head's rows, in range ([M, 1])
+    offs_n, rows_n, rows_n_ok        key (or token) rows held, the same
+    query_ok, key_ok, token_ok       rows that take part: inside the sequence and not padding
+    offs_d, dim_ok                   head-dim columns, and which are real (HEAD_DIM of HEAD_DIM_PAD)
 """
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from genomec.genome.ops import TextEnum
 
 # The module's header, constants and generic helpers; the ops' own helpers follow it
 # (`Op.triton_helpers` in the registry, genome/ops.py; the backward's `Op.triton_vjp_helpers`).
@@ -26,6 +42,7 @@ HEADER = '''\
     dt3_*  cotangent of t3 (backward kernels), same rows and shape as t3_*
     keep   pairs that take part: key inside the sequence, not padding, and (causal) key <= query
     dim_ok real head-dim columns (HEAD_DIM of HEAD_DIM_PAD)
+    rows_m where the query rows held start in one head's [N, HEAD_DIM] (rows_n: key rows)
 Inputs are contiguous [B, H, N, HEAD_DIM]; everything is computed in fp32.
 """
 
@@ -56,407 +73,217 @@ def _dot(a, b, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr):
     return tl.dot(a.to(DOT_DTYPE), b.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=tl.float32)
 '''
 
-# One program per (batch, head): loops over all tokens for the global values.
-REDUCTION_KERNEL = '''
-
-@triton.jit
-def {name}(
-    {params}
-    HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, HEAD_SCALE: tl.constexpr,
-    BLOCK_N: tl.constexpr, HAS_MASK: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-):
-    # -- program: all tokens of one (batch, head) --
-    batch_head = tl.program_id(0)
-    batch = batch_head // num_heads
-    head_offset = batch_head.to(tl.int64) * seq_len * HEAD_DIM
-    offs_d = tl.arange(0, HEAD_DIM_PAD)
-    dim_ok = offs_d[None, :] < HEAD_DIM
-{passes}
-'''
-
-TOKEN_LOOP = '''
-    # -- {title} --
-{init}
-    for token_start in range(0, seq_len, BLOCK_N):
-        offs_n = token_start + tl.arange(0, BLOCK_N)
-        token_ok = _real_tokens(mask_ptr, batch, seq_len, offs_n, HAS_MASK)
-        # -- token values --
-{values}
-        # -- {update_title} --
-{update}
-{finish}'''
-
-# The start of every program that owns one query block (forward, backward prepare and
-# queries kernels): its rows, the head-dim columns in use, and how far its key loop runs.
-QUERY_BLOCK_SETUP = '''    # -- program: one query block of one (batch, head) --
-    block_m = tl.program_id(0)
-    batch_head = tl.program_id(1)
-    batch = batch_head // num_heads
-    head_offset = batch_head.to(tl.int64) * seq_len * HEAD_DIM
-    offs_m = block_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, HEAD_DIM_PAD)
-    dim_ok = offs_d[None, :] < HEAD_DIM
-    query_ok = _real_tokens(mask_ptr, batch, seq_len, offs_m, HAS_MASK)
-    key_end = seq_len
-    if IS_CAUSAL:
-        key_end = tl.minimum(seq_len, (block_m + 1) * BLOCK_M)
-'''
-
-# One program per (batch, head, query block).
-ATTENTION_KERNEL = '''
-
-@triton.jit
-def {name}(
-    {params}
-    HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, HEAD_SCALE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_MASK: tl.constexpr, IS_CAUSAL: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,{save_constexpr}
-):
-''' + QUERY_BLOCK_SETUP + '''
-    # -- global values --
-{global_values}
-
-    # -- query-side values --
-{query_values}
-{key_passes}{save_for_backward}
-    # -- post values --
-{post_values}
-
-    # -- store: padded query rows are 0 --
-    out = tl.where(query_ok[:, None], {output}, 0.0)
-    out_mask = (offs_m[:, None] < seq_len) & dim_ok
-    tl.store(out_ptr + head_offset + offs_m[:, None] * HEAD_DIM + offs_d[None, :], out.to(out_ptr.dtype.element_ty), mask=out_mask)
-'''
-
-KEY_LOOP = '''
-    # -- pass {index}: {title} --
-{init}
-    for key_start in range(0, key_end, BLOCK_N):
-        offs_n = key_start + tl.arange(0, BLOCK_N)
-        key_ok = _real_tokens(mask_ptr, batch, seq_len, offs_n, HAS_MASK)
-        keep = (offs_m[:, None] >= 0) & key_ok[None, :]
-        if IS_CAUSAL:
-            keep = keep & (offs_n[None, :] <= offs_m[:, None])
-        # -- key-side values --
-{key_values}
-        # -- pair values --
-{pair_values}
-        # -- {update_title} --
-{update}
-{finish}'''
-
-# Row statistics of a softmax over keys (running max, rescaled running sum).
-ROW_STATISTICS_INIT = '''\
-{s}_max = tl.full([BLOCK_M], ROW_MAX_START, tl.float32)
-{s}_sum = tl.zeros([BLOCK_M], tl.float32)'''
-ROW_STATISTICS_UPDATE = '''\
-{s}_scores = tl.where(keep, {x}, float("-inf"))
-{s}_max_new = tl.maximum({s}_max, tl.max({s}_scores, 1))
-{s}_sum = {s}_sum * tl.exp({s}_max - {s}_max_new) + tl.sum(tl.exp({s}_scores - {s}_max_new[:, None]), 1)
-{s}_max = {s}_max_new'''
-ROW_STATISTICS_FINISH = '''\
-{s}_inv_sum = 1.0 / tl.where({s}_sum > 0, {s}_sum, 1.0)'''
-
-ACCUMULATOR_INIT = "acc_{c} = tl.zeros([BLOCK_M, HEAD_DIM_PAD], tl.float32)"
-ACCUMULATE = "acc_{c} += _dot(tl.where(keep, {p}, 0.0), {x}, DOT_DTYPE, DOT_PRECISION)"
-ACCUMULATE_ONLINE = "acc_{c} = acc_{c} * {s}_rescale[:, None] + _dot({p}, {x}, DOT_DTYPE, DOT_PRECISION)"
-ACCUMULATOR_FINISH = "{c}_i = acc_{c}"
-ACCUMULATOR_FINISH_ONLINE = "{c}_i = acc_{c} / tl.where({s}_sum > 0, {s}_sum, 1.0)[:, None]"
-
-# Column statistics of a softmax over tokens of a [d,N] value (held as token rows).
-COLUMN_STATISTICS_INIT = '''\
-{s}_max = tl.full([HEAD_DIM_PAD], ROW_MAX_START, tl.float32)
-{s}_sum = tl.zeros([HEAD_DIM_PAD], tl.float32)'''
-COLUMN_STATISTICS_UPDATE = '''\
-{s}_scores = tl.where(token_ok[:, None], {x}, float("-inf"))
-{s}_max_new = tl.maximum({s}_max, tl.max({s}_scores, 0))
-{s}_sum = {s}_sum * tl.exp({s}_max - {s}_max_new) + tl.sum(tl.exp({s}_scores - {s}_max_new[None, :]), 0)
-{s}_max = {s}_max_new'''
-COLUMN_STATISTICS_FINISH = '''\
-{s}_sum = tl.where({s}_sum > 0, {s}_sum, 1.0)
-tl.store(stats_ptr + ((batch_head * {count} + {index}) * 2 + 0) * HEAD_DIM_PAD + offs_d, {s}_max)
-tl.store(stats_ptr + ((batch_head * {count} + {index}) * 2 + 1) * HEAD_DIM_PAD + offs_d, {s}_sum)'''
-COLUMN_STATISTICS_LOAD = '''\
-{s}_max = tl.load(stats_ptr + ((batch_head * {count} + {index}) * 2 + 0) * HEAD_DIM_PAD + offs_d)
-{s}_sum = tl.load(stats_ptr + ((batch_head * {count} + {index}) * 2 + 1) * HEAD_DIM_PAD + offs_d)'''
-
-# A reduction over tokens, [d,N] @ [N,d] -> [d,d]: x^T @ y over the token rows.
-REDUCTION_INIT = "acc_{r} = tl.zeros([HEAD_DIM_PAD, HEAD_DIM_PAD], tl.float32)"
-REDUCTION_UPDATE = "acc_{r} += _dot(tl.trans(tl.where(token_ok[:, None], {x}, 0.0)), {y}, DOT_DTYPE, DOT_PRECISION)"
-GLOBAL_OFFSETS = "(batch_head * {count} + {index}) * HEAD_DIM_PAD * HEAD_DIM_PAD + offs_d[:, None] * HEAD_DIM_PAD + offs_d[None, :]"
-REDUCTION_STORE = "tl.store(global_ptr + " + GLOBAL_OFFSETS + ", acc_{r})"
-GLOBAL_LOAD = "{r}_g = tl.load(global_ptr + " + GLOBAL_OFFSETS + ")"
 
 
-# -- backward ---------------------------------------------------------------------------
-#
-# Three kernels, launched in this order, none of which writes an [N, N] value:
-#   attention_bwd_prepare  per query block: cotangents of the contractions (back through the
-#                          post values from d_out) and, per softmax over keys, its row term
-#                          delta_i = sum_j P_ij dP_ij (one pass over keys per nesting level)
-#   attention_bwd_keys     per key block, looping over query blocks: cotangents of the
-#                          key-side values (contracted over queries), then back through the
-#                          key-side chains to the inputs' key rows
-#   attention_bwd_queries  per query block, looping over key blocks: cotangents of the
-#                          query-side values, then back to the inputs' query rows
-# Softmax tiles are recomputed from the forward's log-sum-exp: P = exp(z - lse). Input
-# gradients are fp32: the key kernel adds its share, then the query kernel adds its own (the
-# kernels run one after the other and each program owns its rows: no atomics).
+class Access(str):
+    """A piece of kernel text that reads or writes one buffer, named by `pointer`: a kernel's
+    pointer parameters are the buffers of the pieces it is built from (emit.Emitter.access
+    collects them), so no parameter list is kept by hand."""
 
-# In the forward, when SAVE_FOR_BACKWARD: what the backward reads.
-SAVE_FOR_BACKWARD = '''
-    # -- save for the backward: log-sum-exp of each softmax over keys, contraction values --
-    if SAVE_FOR_BACKWARD:
-        row_in_range = offs_m < seq_len
-{lines}
-'''
-ROW_STAT_OFFSETS = "(batch_head * {count} + {index}) * seq_len + offs_m"
-# Rows {offs} of buffer {index} of {count} of [N, HEAD_DIM] token rows per (batch, head), and
-# the same for the program's query rows.
-TOKEN_ROWS_AT = "(batch_head.to(tl.int64) * {count} + {index}) * seq_len * HEAD_DIM + {offs}[:, None] * HEAD_DIM + offs_d[None, :]"
-ROWS_OK_AT = "({offs}[:, None] < seq_len) & dim_ok"
-TOKEN_ROWS = TOKEN_ROWS_AT.replace("{offs}", "offs_m")
-ROWS_OK = ROWS_OK_AT.replace("{offs}", "offs_m")
-SAVE_LSE = 'tl.store(lse_ptr + ' + ROW_STAT_OFFSETS + ', tl.where({s}_sum > 0, {s}_max + tl.log({s}_sum), float("inf")), mask=row_in_range)'
-SAVE_CONTRACTION = "tl.store(saved_ptr + " + TOKEN_ROWS + ", {c}_i, mask=" + ROWS_OK + ")"
+    pointer: str
 
-LOAD_LSE = "{s}_lse = tl.load(lse_ptr + " + ROW_STAT_OFFSETS + ', mask=offs_m < seq_len, other=float("inf"))'
-LOAD_DELTA = "{s}_delta = tl.load(delta_ptr + " + ROW_STAT_OFFSETS + ", mask=offs_m < seq_len, other=0.0)"
-STORE_DELTA = "tl.store(delta_ptr + " + ROW_STAT_OFFSETS + ", {s}_delta, mask=offs_m < seq_len)"
-LOAD_CONTRACTION = "{c}_i = tl.load(saved_ptr + " + TOKEN_ROWS + ", mask=" + ROWS_OK + ", other=0.0)"
-LOAD_CONTRACTION_GRAD = "d{c}_i = tl.load(dcontraction_ptr + " + TOKEN_ROWS + ", mask=" + ROWS_OK + ", other=0.0)"
-STORE_CONTRACTION_GRAD = "tl.store(dcontraction_ptr + " + TOKEN_ROWS + ", tl.where(dim_ok, d{c}_i, 0.0), mask=" + ROWS_OK + ")"
-LOAD_OUTPUT_GRAD = (
-    "d{out}_i = tl.where(query_ok[:, None], tl.load(dout_ptr + head_offset + offs_m[:, None] * HEAD_DIM + offs_d[None, :], "
-    "mask=" + ROWS_OK + ", other=0.0).to(tl.float32), 0.0)  # padded rows' outputs are constant 0"
+    def __new__(cls, text: str, pointer: str):
+        piece = super().__new__(cls, text)
+        piece.pointer = pointer
+        return piece
+
+
+# Pointer parameters in the order kernels take them (a kernel takes those its pieces name).
+POINTERS = (
+    "q_ptr", "k_ptr", "v_ptr", "mask_ptr", "out_ptr", "global_ptr", "stats_ptr", "lse_ptr", "saved_ptr", "dout_ptr",
+    "dcontraction_ptr", "delta_ptr", "dcolumn_ptr", "column_delta_ptr", "dglobal_ptr", "dq_ptr", "dk_ptr", "dv_ptr",
 )
-# A share added into fp32 token rows {offs} that this program owns: load, add, store (the
-# kernels run one after the other, so no atomics). {var}, {ptr}, {offsets} are filled below.
-ADD_TO_OWN_ROWS = '''\
-{var}_offsets = {offsets}
-{var}_mask = ''' + ROWS_OK_AT + '''
-tl.store({ptr} + {var}_offsets, tl.load({ptr} + {var}_offsets, mask={var}_mask, other=0.0) + {grad}, mask={var}_mask)'''
-# An input's gradient on its rows.
-ADD_INPUT_GRAD = (
-    ADD_TO_OWN_ROWS.replace("{var}", "d{name}").replace("{ptr}", "d{name}_ptr")
-    .replace("{offsets}", "head_offset + {offs}[:, None] * HEAD_DIM + offs_d[None, :]")
-)
-GRAD_ACCUMULATOR_INIT = "acc_d{x} = tl.zeros([{rows}, HEAD_DIM_PAD], tl.float32)"
-DELTA_INIT = "{s}_delta = tl.zeros([BLOCK_M], tl.float32)"
-DELTA_UPDATE = "{s}_delta += tl.sum({p} * d{p}, 1)"
 
-# -- the softmax gradient where one key dominates (STABLE_SOFTMAX_GRAD, fp32 inputs) ----------
-#
-# dS = P * (dP - delta) cancels at a row's largest score when its softmax saturates
-# (P_ij* near 1, delta near dP_ij*): with fp32 rounding of dP and delta (about eps |dP|)
-# the result, itself about (1 - P_ij*) |dP|, loses most of its digits. Unscaled scores of a
-# value with itself (x x^T, |x|^2 about d on the diagonal) saturate on every row. The rows
-# of dS sum to 0 exactly, so the dominant entry is taken as minus the sum of the others,
-# which are small and keep their digits: prepare finds j* (the row's first largest score)
-# in a pass over keys, sums a = sum_{j != j*} P dP and b = sum_{j != j*} P, and stores
-# j* and dS_ij* = -(a - delta b) beside delta; the key-pass kernels put that value in at j*.
-# Half-precision inputs keep the plain formula: their own rounding is far larger.
-# The row statistics buffer holds three regions: every softmax's delta, j* (as a float)
-# and dS_ij* (backward._star_offsets).
-ROW_STAT_ROWS = 3
-STAR_INIT = """\
-{s}_zmax = tl.full([BLOCK_M], float("-inf"), tl.float32)
-{s}_jstar = tl.full([BLOCK_M], -1, tl.int32)
-{s}_pstar = tl.zeros([BLOCK_M], tl.float32)
-{s}_gstar = tl.zeros([BLOCK_M], tl.float32)
-{s}_a = tl.zeros([BLOCK_M], tl.float32)
-{s}_b = tl.zeros([BLOCK_M], tl.float32)"""
-# This block's largest score per row (first index) is the new j* when it beats the running
-# one; the one it displaces, or else the block's, joins the sums.
-STAR_UPDATE = """\
-{s}_zb = tl.where(keep, {z}, float("-inf"))
-{s}_bmax = tl.max({s}_zb, 1)
-{s}_bj = key_start + tl.argmax({s}_zb, 1).to(tl.int32)
-{s}_hit = (offs_n[None, :] == {s}_bj[:, None]) & keep
-{s}_bp = tl.sum(tl.where({s}_hit, {p}, 0.0), 1)
-{s}_bg = tl.sum(tl.where({s}_hit, d{p}, 0.0), 1)
-{s}_new = {s}_bmax > {s}_zmax
-{s}_others = keep & ~{s}_hit
-{s}_a += tl.where({s}_new, {s}_pstar * {s}_gstar, {s}_bp * {s}_bg) + tl.sum(tl.where({s}_others, {p} * d{p}, 0.0), 1)
-{s}_b += tl.where({s}_new, {s}_pstar, {s}_bp) + tl.sum(tl.where({s}_others, {p}, 0.0), 1)
-{s}_pstar = tl.where({s}_new, {s}_bp, {s}_pstar)
-{s}_gstar = tl.where({s}_new, {s}_bg, {s}_gstar)
-{s}_jstar = tl.where({s}_new, {s}_bj, {s}_jstar)
-{s}_zmax = tl.maximum({s}_zmax, {s}_bmax)"""
-STAR_FINISH = """\
-{s}_dstar = -({s}_a - {s}_delta * {s}_b)
-tl.store(delta_ptr + {jstar_offsets}, {s}_jstar.to(tl.float32), mask=offs_m < seq_len)
-tl.store(delta_ptr + {dstar_offsets}, {s}_dstar, mask=offs_m < seq_len)"""
-STAR_LOAD = """\
-{s}_jstar = tl.load(delta_ptr + {jstar_offsets}, mask=offs_m < seq_len, other=-1.0).to(tl.int32)
-{s}_dstar = tl.load(delta_ptr + {dstar_offsets}, mask=offs_m < seq_len, other=0.0)"""
-STAR_APPLY = "{g} = tl.where(offs_n[None, :] == {s}_jstar[:, None], {s}_dstar[:, None], {g})"
 
-BACKWARD_PROLOGUE = '''
+def indent(lines, spaces: int) -> str:
+    """`lines` (each may hold several) indented; a comment where there are none."""
+    pad = " " * spaces
+    return "\n".join(pad + line for text in lines for line in text.split("\n")) if lines else pad + "# (none)"
 
-@triton.jit
-def {name}(
-    {params}
-    HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, HEAD_SCALE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_MASK: tl.constexpr, IS_CAUSAL: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, STABLE_SOFTMAX_GRAD: tl.constexpr,
-):'''
 
-# One program per query block (prepare and queries kernels): query rows fixed, keys loop.
-BACKWARD_QUERY_PROGRAM = BACKWARD_PROLOGUE + '''
-''' + QUERY_BLOCK_SETUP + '''
-    # -- query-side values, saved statistics and cotangents --
-{query_values}
-{body}
-'''
+def static_if(flag: str, lines: list[str]) -> list[str]:
+    """Lines that run only when the constexpr `flag` is set (compiled away otherwise)."""
+    return [f"if {flag}:", indent(lines, 4)] if lines else []
 
-BACKWARD_KEY_LOOP = '''
-    # -- {title} --
-{init}
-    for key_start in range(0, key_end, BLOCK_N):
-        offs_n = key_start + tl.arange(0, BLOCK_N)
-        key_ok = _real_tokens(mask_ptr, batch, seq_len, offs_n, HAS_MASK)
-        keep = query_ok[:, None] & key_ok[None, :]
-        if IS_CAUSAL:
-            keep = keep & (offs_n[None, :] <= offs_m[:, None])
-        # -- key-side values --
-{key_values}
-        # -- pair values (recomputed) --
-{pair_values}
-        # -- cotangents of the pair values --
-{pair_grads}
-        # -- {update_title} --
-{update}
-{finish}'''
 
-# One program per key block: key rows fixed, the query blocks loop.
-BACKWARD_KEY_PROGRAM = BACKWARD_PROLOGUE + '''
-    # -- program: one key block of one (batch, head) --
-    block_n = tl.program_id(0)
-    batch_head = tl.program_id(1)
-    batch = batch_head // num_heads
-    head_offset = batch_head.to(tl.int64) * seq_len * HEAD_DIM
-    offs_n = block_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, HEAD_DIM_PAD)
-    dim_ok = offs_d[None, :] < HEAD_DIM
-    key_ok = _real_tokens(mask_ptr, batch, seq_len, offs_n, HAS_MASK)
-    query_begin = 0
-    if IS_CAUSAL:
-        query_begin = (block_n * BLOCK_N // BLOCK_M) * BLOCK_M  # earlier query blocks see none of these keys
+def signature(name: str, params, constexprs) -> str:
+    """A kernel's definition line: its pointer and scalar parameters, then its constexprs
+    (the ABI's lists, abi.KernelInterface, so the two never disagree), wrapped at 100."""
+    lines, line = [], ""
+    for word in [p + "," for p in params] + [None] + [f"{c}: tl.constexpr," for c in constexprs]:
+        if word is None or (line and len(line) + len(word) > 100):  # the constexprs start a line of their own
+            lines.append(line)
+            line = ""
+        if word is not None:
+            line = f"{line} {word}" if line else word
+    lines.append(line)
+    return "\n\n@triton.jit\ndef " + name + "(\n" + "".join(f"    {line}\n" for line in lines if line) + "):\n"
 
-    # -- key-side values --
-{key_values}
-{init}
-    for query_start in range(query_begin, seq_len, BLOCK_M):
-        offs_m = query_start + tl.arange(0, BLOCK_M)
-        query_ok = _real_tokens(mask_ptr, batch, seq_len, offs_m, HAS_MASK)
-        keep = query_ok[:, None] & key_ok[None, :]
-        if IS_CAUSAL:
-            keep = keep & (offs_n[None, :] <= offs_m[:, None])
-        # -- query-side values, saved statistics and cotangents --
-{query_values}
-        # -- pair values (recomputed) --
-{pair_values}
-        # -- cotangents of the pair values --
-{pair_grads}
-        # -- accumulate the key-side cotangents over queries --
-{update}
 
-    # -- back through the key-side values to the inputs' key rows --
-{key_grads}
-'''
+# -- which rows a program or a loop holds -------------------------------------------------
 
-# -- backward of a graph with [d,d] states (a reduction kernel) -----------------------------
-#
-#   attention_bwd_global  per (batch, head), looping over the token blocks as query rows:
-#                         cotangents of the [d,d] values read by the query rows (x^T @ dy),
-#                         then back through the [d,d] values to each reduction's state; with
-#                         softmaxes over tokens, a second pass over the tokens for their
-#                         column terms delta_c = sum_n P dP
-#   attention_bwd_query_rows  per token block: the query rows' share of each input's gradient
-#                             (dy @ G^T ...)
-#   attention_bwd_state_rows  per token block: the reduction operands' share
-#                             (d(X^T Y) -> Y dG^T and X dG), added to it
-# (two kernels rather than one, so the [d,d] state and its cotangent are never live together)
-# With a pass over keys too, the prepare, keys and queries kernels run first, and the global
-# kernel's pass reads the saved contraction values where the post values need them.
 
-GLOBAL_GRAD_INIT = "acc_d{g} = tl.zeros([HEAD_DIM_PAD, HEAD_DIM_PAD], tl.float32)"
-GLOBAL_GRAD_FINISH = "d{r}_g = tl.where(head_block_ok, d{r}_g, 0.0)"
-GLOBAL_GRAD_STORE = "tl.store(dglobal_ptr + " + GLOBAL_OFFSETS + ", d{r}_g)"
-GLOBAL_GRAD_LOAD = "d{r}_g = tl.load(dglobal_ptr + " + GLOBAL_OFFSETS + ")"
+@dataclass(frozen=True)
+class Rows:
+    """One set of token rows: query rows (m) or key rows (n), with the block constant that
+    sizes them and the name of their 'takes part' mask."""
 
-# Column terms of a softmax over tokens: one value per head-dim column.
-COLUMN_DELTA_OFFSETS = "(batch_head * {count} + {index}) * HEAD_DIM_PAD + offs_d"
-COLUMN_DELTA_INIT = "{s}_delta = tl.zeros([HEAD_DIM_PAD], tl.float32)"
-COLUMN_DELTA_UPDATE = "{s}_delta += tl.sum(tl.where(token_ok[:, None], {p} * d{p}, 0.0), 0)"
-STORE_COLUMN_DELTA = "tl.store(column_delta_ptr + " + COLUMN_DELTA_OFFSETS + ", {s}_delta)"
-LOAD_COLUMN_DELTA = "{s}_delta = tl.load(column_delta_ptr + " + COLUMN_DELTA_OFFSETS + ")"
+    axis: str  # "m" or "n": offs_m / rows_m, or offs_n / rows_n
+    block: str  # BLOCK_M or BLOCK_N
+    ok: str  # query_ok, key_ok or token_ok
 
-# With a pass over keys, the key-pass kernels add their shares of dP of each softmax over
-# tokens into a buffer of token rows (each program on its own rows), the global kernel sums
-# delta from it, and attention_bwd_column_rows goes on from dX = P * (dP - delta) per token block.
-ADD_COLUMN_GRAD = ADD_TO_OWN_ROWS.replace("{var}", "d{s}").replace("{ptr}", "dcolumn_ptr").replace("{offsets}", TOKEN_ROWS_AT)
-LOAD_COLUMN_GRAD = "tl.load(dcolumn_ptr + " + TOKEN_ROWS_AT + ", mask=" + ROWS_OK_AT + ", other=0.0)"
+    def lines(self, start: str) -> list[str]:
+        """The rows from token `start` on: indices, row offsets, in range, taking part."""
+        a = self.axis
+        return [
+            f"offs_{a} = {start} + tl.arange(0, {self.block})",
+            f"rows_{a} = offs_{a}[:, None] * HEAD_DIM  # where each row starts in a head's [N, HEAD_DIM]",
+            f"rows_{a}_ok = offs_{a}[:, None] < seq_len  # (a row, not a tile: a [rows, d] mask would stay live in registers)",
+            f"{self.ok} = _real_tokens(mask_ptr, batch, seq_len, offs_{a}, HAS_MASK)",
+        ]
 
-BACKWARD_GLOBAL_PROGRAM = BACKWARD_PROLOGUE + '''
-    # -- program: all tokens of one (batch, head) --
-    batch_head = tl.program_id(0)
-    batch = batch_head // num_heads
-    head_offset = batch_head.to(tl.int64) * seq_len * HEAD_DIM
-    offs_d = tl.arange(0, HEAD_DIM_PAD)
-    dim_ok = offs_d[None, :] < HEAD_DIM
-    head_block_ok = (offs_d[:, None] < HEAD_DIM) & dim_ok
 
-    # -- global values --
-{global_values}
-{passes}'''
+QUERY_ROWS = Rows("m", "BLOCK_M", "query_ok")
+KEY_ROWS = Rows("n", "BLOCK_N", "key_ok")
+TOKEN_ROWS = Rows("n", "BLOCK_N", "token_ok")  # a reduction's tokens, held as key rows
+# The backward's passes over all tokens of a head hold each block as query rows and as key
+# rows at once (the same tokens): the query-side and the token-side values both read them.
+SAME_TOKENS = ["offs_n = offs_m", "rows_n = rows_m", "rows_n_ok = rows_m_ok", "token_ok = query_ok"]
 
-STATE_GRADS_PASS = '''{init}
-    for query_start in range(0, seq_len, BLOCK_M):
-        offs_m = query_start + tl.arange(0, BLOCK_M)
-        query_ok = _real_tokens(mask_ptr, batch, seq_len, offs_m, HAS_MASK)
-        # -- query-side values and their cotangents --
-{query_values}
-        # -- accumulate the [d,d] cotangents over the query rows --
-{update}
 
-    # -- back through the [d,d] values to the reductions --
-{global_grads}
-'''
+# -- one program prologue ------------------------------------------------------------------
 
-COLUMN_DELTA_PASS = '''
-    # -- pass over the tokens: column terms delta_c = sum_n P[n, c] dP[n, c] of the softmaxes over tokens --
-{init}
-    for token_start in range(0, seq_len, BLOCK_M):
-        offs_m = token_start + tl.arange(0, BLOCK_M)
-        offs_n = offs_m
-        token_ok = _real_tokens(mask_ptr, batch, seq_len, offs_m, HAS_MASK)
-        query_ok = token_ok
-        # -- token values, and dP from d_out (query rows) and from the states' cotangents (state rows) --
-{values}
-        # -- accumulate delta over the real tokens --
-{update}
-{finish}
-'''
 
-BACKWARD_TOKEN_PROGRAM = BACKWARD_PROLOGUE + '''
-    # -- program: one token block of one (batch, head) --
-    block_m = tl.program_id(0)
-    batch_head = tl.program_id(1)
-    batch = batch_head // num_heads
-    head_offset = batch_head.to(tl.int64) * seq_len * HEAD_DIM
-    offs_m = block_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = offs_m
-    offs_d = tl.arange(0, HEAD_DIM_PAD)
-    dim_ok = offs_d[None, :] < HEAD_DIM
-    query_ok = _real_tokens(mask_ptr, batch, seq_len, offs_m, HAS_MASK)
-    token_ok = query_ok
+class Program(TextEnum):
+    """What one program of a kernel owns (abi.Grid says how many there are)."""
 
-    # -- {title} --
-{values}
+    QUERY_BLOCK = "one query block of one (batch, head)"
+    KEY_BLOCK = "one key block of one (batch, head)"
+    TOKEN_BLOCK = "one token block of one (batch, head)"
+    HEAD = "all tokens of one (batch, head)"
 
-    # -- the inputs' gradients on these rows --
-{store}
-'''
+
+# What a blocked program owns: its rows, its block id, and what follows them (how far its loop
+# over the other side runs when causal, or the same tokens held as key rows too).
+_OWNED = {
+    Program.QUERY_BLOCK: (QUERY_ROWS, "block_m", [
+        "key_end = seq_len",
+        "if IS_CAUSAL:",
+        "    key_end = tl.minimum(seq_len, (block_m + 1) * BLOCK_M)  # later key blocks are masked for every row",
+    ]),
+    Program.KEY_BLOCK: (KEY_ROWS, "block_n", [
+        "query_begin = 0",
+        "if IS_CAUSAL:",
+        "    query_begin = (block_n * BLOCK_N // BLOCK_M) * BLOCK_M  # earlier query blocks see none of these keys",
+    ]),
+    Program.TOKEN_BLOCK: (QUERY_ROWS, "block_m", SAME_TOKENS),
+}
+
+
+def prologue(program: Program) -> list[str]:
+    """The program's ids, its (batch, head), the head-dim columns, and the rows it owns."""
+    owned = _OWNED.get(program)  # None: a program of all tokens of a head
+    lines = [f"# -- program: {program} --"] + ([f"{owned[1]} = tl.program_id(0)"] if owned else [])
+    lines += [
+        f"batch_head = tl.program_id({1 if owned else 0})",
+        "batch = batch_head // num_heads",
+        "head_offset = batch_head.to(tl.int64) * seq_len * HEAD_DIM",
+        "offs_d = tl.arange(0, HEAD_DIM_PAD)",
+        "dim_ok = offs_d[None, :] < HEAD_DIM",
+    ]
+    if owned:
+        rows, block, tail = owned
+        lines += rows.lines(f"{block} * {rows.block}") + tail
+    return lines
+
+
+# -- one loop over token blocks ------------------------------------------------------------
+
+# Which pairs take part in a pair tile. The forward keeps every query row (rows are
+# independent there, and a padded query row's output is set to 0 at the store; masking it
+# too would only leave it an empty softmax); the backward drops the padded query rows as
+# well, since their output is a constant and nothing may flow back from them into the keys.
+FORWARD_KEEP = "keep = (offs_m[:, None] >= 0) & key_ok[None, :]"  # (the comparison only broadcasts to a tile)
+BACKWARD_KEEP = "keep = query_ok[:, None] & key_ok[None, :]"
+CAUSAL_KEEP = ["if IS_CAUSAL:", "    keep = keep & (offs_n[None, :] <= offs_m[:, None])"]
+
+
+@dataclass(frozen=True)
+class Loop:
+    """A loop over the blocks of `rows` from `begin` to `end` (token indices), with the
+    pair mask `keep` when the program holds the other side's rows."""
+
+    rows: Rows
+    begin: str = "0"
+    end: str = "seq_len"
+    keep: str | None = None  # FORWARD_KEEP or BACKWARD_KEEP: a loop over pairs
+    same_tokens: bool = False  # the block is also held as query rows (SAME_TOKENS)
+
+    def render(self, title: str, init, sections, finish=()) -> str:
+        """`init` before the loop, `sections` ((title, lines) each) inside it, `finish` after."""
+        start = {"m": "query_start", "n": "key_start"}[self.rows.axis] if self.keep else "token_start"
+        rows = self.rows if not self.same_tokens else QUERY_ROWS
+        header = rows.lines(start) + (SAME_TOKENS if self.same_tokens else [])
+        if self.keep:
+            header += [self.keep] + CAUSAL_KEEP
+        body = [indent(header, 8)]
+        body += [f"        # -- {name} --\n" + indent(lines, 8) for name, lines in sections]
+        text = f"\n    # -- {title} --\n" + (indent(init, 4) + "\n" if init else "")
+        text += f"    for {start} in range({self.begin}, {self.end}, {rows.block}):\n" + "\n".join(body) + "\n"
+        return text + (indent(finish, 4) + "\n" if finish else "")
+
+
+KEY_LOOP = Loop(KEY_ROWS, end="key_end", keep=FORWARD_KEEP)  # the forward's, in a query-block program
+BACKWARD_KEY_LOOP = Loop(KEY_ROWS, end="key_end", keep=BACKWARD_KEEP)
+QUERY_LOOP = Loop(QUERY_ROWS, begin="query_begin", keep=BACKWARD_KEEP)  # in a key-block program
+TOKEN_LOOP = Loop(TOKEN_ROWS)  # the reduction kernel's, in a head program
+TOKEN_ROWS_LOOP = Loop(QUERY_ROWS, same_tokens=True)  # the backward's passes over a head's tokens
+
+
+STATE_TILE = "state_tile = offs_d[:, None] * HEAD_DIM_PAD + offs_d[None, :]  # a [d,d] state's offsets (state_at)"
+
+
+def kernel(name: str, params, constexprs, program: Program, body: str) -> str:
+    """A whole kernel: signature, prologue, then the body (already indented). A kernel that
+    reads or writes [d,d] states gets their tile's offsets too."""
+    setup = prologue(program) + ([STATE_TILE] if {"global_ptr", "dglobal_ptr"} & set(params) else [])
+    return signature(name, params, constexprs) + indent(setup, 4) + "\n" + body
+
+
+# -- offsets into the per-(batch, head) buffers ------------------------------------------
+
+
+def _region(index: int, count: int, per_head: str) -> str:
+    """Where region `index` of `count` regions of `per_head` elements starts for this
+    (batch, head): buffers hold count regions per (batch, head), back to back."""
+    if count == 1 and per_head == "seq_len * HEAD_DIM":
+        return "head_offset"  # as the inputs' own rows
+    head = "batch_head.to(tl.int64)" if per_head == "seq_len * HEAD_DIM" else "batch_head"  # N * d can pass 2^31
+    first = f"({head} * {count} + {index})" if count > 1 else head
+    return f"{first} * {per_head}"
+
+
+def token_rows_at(index: int, count: int, rows: str = "rows_m") -> str:
+    """Offsets of `rows` (rows_m or rows_n) in region `index` of a [count, N, HEAD_DIM] buffer."""
+    return f"{_region(index, count, 'seq_len * HEAD_DIM')} + {rows} + offs_d[None, :]"
+
+
+def row_stats_at(index: int, count: int, offs: str = "offs_m") -> str:
+    """Offsets of the rows `offs` in region `index` of a [count, N] buffer (a value per token)."""
+    return f"{_region(index, count, 'seq_len')} + {offs}"
+
+
+def columns_at(index: int, count: int) -> str:
+    """Offsets of the head-dim columns in region `index` of a [count, HEAD_DIM_PAD] buffer."""
+    return f"{_region(index, count, 'HEAD_DIM_PAD')} + offs_d"
+
+
+def column_statistics_at(index: int, count: int) -> dict:
+    """Where softmax `index` of `count` softmaxes over tokens keeps its column max and sum:
+    regions 2 index and 2 index + 1 of the stats buffer."""
+    return dict(max_at=columns_at(2 * index, 2 * count), sum_at=columns_at(2 * index + 1, 2 * count))
+
+
+def state_at(index: int, count: int) -> str:
+    """Offsets of the [HEAD_DIM_PAD, HEAD_DIM_PAD] tile in region `index` of a buffer of states."""
+    return f"{_region(index, count, 'HEAD_DIM_PAD * HEAD_DIM_PAD')} + state_tile"

@@ -40,6 +40,23 @@ def test_every_kernel_parameter_is_a_declared_buffer(name, genome):
             assert [p.strip() for p in header.split(",") if p.strip()] == list(kernel.params)  # the source's order
 
 
+
+@pytest.mark.parametrize("name,genome", ZOO, ids=[n for n, _ in ZOO])
+def test_kernel_parameters_are_the_buffers_its_body_names(name, genome):
+    """The parameters come from the template pieces a kernel is built from (Emitter.access);
+    read back off each kernel's body, they are the same, in template.POINTERS order."""
+    import re
+
+    from genomec.codegen.template import POINTERS
+
+    graph = compile_graph(lower(genome))
+    for _, module in graph.stages():
+        tree = ast.parse(module.source)
+        bodies = {f.name: ast.get_source_segment(module.source, f).split("):", 1)[1] for f in tree.body if isinstance(f, ast.FunctionDef)}
+        for kernel in module.kernels:
+            named = tuple(p for p in POINTERS if re.search(rf"\b{p}\b", bodies[kernel.name]))
+            assert kernel.params == named + SCALARS, kernel.name
+
 def test_a_graph_is_scheduled_once_per_compile(monkeypatch):
     schedule_module = sys.modules["genomec.codegen.schedule"]  # (the package exports the function by that name)
     calls = []

@@ -224,7 +224,7 @@ def test_nested_softmaxes_over_keys(expr, causal, cache):
 )
 def test_saturated_softmax_gradients_keep_their_digits(expr, causal, seed, cache):
     """A softmax whose row is dominated by one key: dS = P (dP - delta) cancels there, so
-    the kernels take dS at the row's largest score as minus the others (template.STAR_*).
+    the kernels take dS at the row's largest score as minus the others (backward_template.STAR_*).
     The tight tolerance is the point: the plain formula is 1e-3 to 1e-2 off here."""
     compiled = lower(parse_genome({"expr": expr, "causal": causal}))
     module, _, errors = check_gradients(compiled, cache, shape=(2, 1, 19, 24), seed=seed, tolerance=1e-5)
