@@ -96,8 +96,6 @@ def _kernel(name: KernelRole, emitter: Emitter, program: T.Program, body: str) -
     return T.kernel(name, params, BACKWARD_CONSTEXPRS, program, body), params
 
 
-def _section(title: str, lines, spaces: int = 4) -> str:
-    return f"\n{' ' * spaces}# -- {title} --\n" + indent(lines, spaces) + "\n"
 
 
 def _emit_all(emitter: Emitter, nodes, rows: str) -> list[str]:
@@ -189,11 +187,11 @@ def _prepare_kernel(sched: Schedule, plan: BackwardSchedule) -> tuple[str, tuple
     if plan.online:  # delta = sum_m rowsum(dc_m * c_m): the contractions are linear in P
         s = plan.online
         terms = " + ".join(f"tl.sum(tl.where(dim_ok, {grad(c, QUERY)} * {var(c, QUERY)}, 0.0), 1)" for c in plan.contractions)
-        body.append(_section("softmax row term: delta = sum_j P dP = rowsum(dc * c)",
+        body.append(T.section("softmax row term: delta = sum_j P dP = rowsum(dc * c)",
                              [f"{s}_delta = {terms}", emitter.access(B.STORE_DELTA, s=s, at=_row_stat_at(plan, s))]))
     if plan.softmaxes:
         body += _softmax_passes(ir, emitter, plan)
-    body.insert(0, _section("query-side values, saved statistics and cotangents", query_values))
+    body.insert(0, T.section("query-side values, saved statistics and cotangents", query_values))
     return _kernel(KernelRole.BWD_PREPARE, emitter, T.Program.QUERY_BLOCK, "".join(body))
 
 
@@ -305,7 +303,7 @@ def _keys_kernel(sched: Schedule, plan: BackwardSchedule) -> tuple[str, tuple[st
     )
     key_grads = key_backprop.lines + _column_grad_adds(emitter, sched, key_backprop, KEY, "rows_n")
     key_grads += _input_grad_stores(emitter, key_backprop, KEY, "rows_n")
-    body = _section("key-side values", key_values) + loop + _section("back through the key-side values to the inputs' key rows", key_grads)
+    body = T.section("key-side values", key_values) + loop + T.section("back through the key-side values to the inputs' key rows", key_grads)
     return _kernel(KernelRole.BWD_KEYS, emitter, T.Program.KEY_BLOCK, body)
 
 
@@ -345,8 +343,8 @@ def _queries_kernel(sched: Schedule, plan: BackwardSchedule) -> tuple[str, tuple
     query_values += _column_loads(emitter, sched, _columns_in(plan, plan.query_values, plan.key_values))
     query_values += _emit_all(emitter, plan.query_values, QUERY)
     query_values += _statistics_loads(emitter, plan, True) + _contraction_grad_loads(emitter, plan)
-    body = _section("query-side values, saved statistics and cotangents", query_values) + loop
-    body += _section("the post values' share, and back through the query-side values to the inputs' query rows", tail)
+    body = T.section("query-side values, saved statistics and cotangents", query_values) + loop
+    body += T.section("the post values' share, and back through the query-side values to the inputs' query rows", tail)
     return _kernel(KernelRole.BWD_QUERIES, emitter, T.Program.QUERY_BLOCK, body)
 
 
@@ -422,7 +420,7 @@ def _global_kernel(sched: Schedule, plan: BackwardSchedule) -> tuple[str, tuple[
     ir = sched.ir
     emitter = Emitter(ir, sched.kinds)
     values = [B.HEAD_BLOCK_OK] + _global_value_lines(emitter, sched, plan) + _column_loads(emitter, sched, plan.column_softmaxes)
-    body = _section("global values", values)
+    body = T.section("global values", values)
     if plan.reductions:
         body += _state_grads_pass(sched, plan, emitter)
     if plan.column_softmaxes:
@@ -456,7 +454,7 @@ def _state_grads_pass(sched: Schedule, plan: BackwardSchedule, emitter: Emitter)
             ("accumulate the [d,d] cotangents over the query rows", query.updates),
         ],
     )
-    return loop + _section("back through the [d,d] values to the reductions", states.lines + finish)
+    return loop + T.section("back through the [d,d] values to the reductions", states.lines + finish)
 
 
 def _column_delta_pass(sched: Schedule, plan: BackwardSchedule, emitter: Emitter) -> str:
@@ -508,7 +506,7 @@ def _column_delta_pass(sched: Schedule, plan: BackwardSchedule, emitter: Emitter
 
 def _token_block_kernel(name: KernelRole, emitter: Emitter, title: str, values, stores) -> tuple[str, tuple[str, ...]]:
     """A kernel with one program per token block: its values, then the inputs' gradients on its rows."""
-    body = _section(title, values) + _section("the inputs' gradients on these rows", stores)
+    body = T.section(title, values) + T.section("the inputs' gradients on these rows", stores)
     return _kernel(name, emitter, T.Program.TOKEN_BLOCK, body)
 
 

@@ -181,10 +181,6 @@ def keep_what_is_called(source: str) -> str:
     return re.sub(r"\n+(?=@triton\.jit\n)", "\n\n\n", source)  # two blank lines before each
 
 
-def _section(title: str, lines) -> str:
-    return f"\n    # -- {title} --\n" + T.indent(lines, 4) + "\n"
-
-
 def _column_statistics_at(sched: Schedule, s: str) -> dict:
     """Where a softmax over tokens keeps its column max and sum in the stats buffer."""
     return T.column_statistics_at(sched.column_softmaxes.index(s), len(sched.column_softmaxes))
@@ -247,13 +243,13 @@ def _attention_kernel(sched: Schedule, kernel: AttentionKernel, plan: BackwardSc
 
     saves = plan.fused and plan.kind == BackwardKind.KEYS  # ([d,d] states are in the reduction kernel's buffer already)
     constexprs = ATTENTION_CONSTEXPRS + (("SAVE_FOR_BACKWARD",) if saves else ())
-    body = _section("global values", global_lines)
-    body += _section("query-side values", [line for n in kernel.query_values for line in emitter.emit(n, QUERY)])
+    body = T.section("global values", global_lines)
+    body += T.section("query-side values", [line for n in kernel.query_values for line in emitter.emit(n, QUERY)])
     body += "".join(_key_pass(ir, emitter, index + 1, p) for index, p in enumerate(kernel.key_passes))
     if saves:
-        body += _section("save for the backward: log-sum-exp of each softmax over keys, contraction values", _save_lines(emitter, plan))
-    body += _section("post values", [line for n in kernel.post_values for line in emitter.emit(n, QUERY)])
-    body += _section("store: padded query rows are 0", [emitter.access(F.STORE_OUTPUT, output=var(ir.output, QUERY))])
+        body += T.section("save for the backward: log-sum-exp of each softmax over keys, contraction values", _save_lines(emitter, plan))
+    body += T.section("post values", [line for n in kernel.post_values for line in emitter.emit(n, QUERY)])
+    body += T.section("store: padded query rows are 0", [emitter.access(F.STORE_OUTPUT, output=var(ir.output, QUERY))])
     params = emitter.params()
     text = T.kernel(kernel.name, params, constexprs, T.Program.QUERY_BLOCK, body)
     return text, KernelInterface(kernel.name, params, constexprs, Grid.QUERY_BLOCKS)

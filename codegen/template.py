@@ -101,6 +101,11 @@ def indent(lines, spaces: int) -> str:
     return "\n".join(pad + line for text in lines for line in text.split("\n")) if lines else pad + "# (none)"
 
 
+def section(title: str, lines, spaces: int = 4) -> str:
+    """A titled block of a kernel body (`# -- title --`, then the lines)."""
+    return f"\n{' ' * spaces}# -- {title} --\n" + indent(lines, spaces) + "\n"
+
+
 def static_if(flag: str, lines: list[str]) -> list[str]:
     """Lines that run only when the constexpr `flag` is set (compiled away otherwise)."""
     return [f"if {flag}:", indent(lines, 4)] if lines else []
