@@ -1,4 +1,4 @@
-"""The kernel suite of SPEC 7 (`genomec bench`, `benchmarks/kernels.py`), forward and
+"""The kernel suite of SPEC 7 (`genomec bench`, `benchmarks/kernel_suite.py`), forward and
 forward+backward.
 
 With a CUDA GPU, per genome, shape, dtype and pass: ours (fused Triton; the backward fused

@@ -1,6 +1,6 @@
 """The kernel suite of SPEC 7, forward and forward+backward; results go to benchmarks/results/ by default.
 
-    python benchmarks/kernels.py [-o DIR] [GENOME ...]
+    python benchmarks/kernel_suite.py [-o DIR] [GENOME ...]
 
 Same as `genomec bench`. With a CUDA GPU it times ours against eager, torch.compile,
 FlexAttention and SDPA; without one it reports front-end time, generated source size and
