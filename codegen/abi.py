@@ -27,12 +27,26 @@ class Grid(TextEnum):
     HEADS = "heads"  # (B*H,): one program per (batch, head)
     QUERY_BLOCKS = "query blocks"  # (cdiv(N, BLOCK_M), B*H)
     KEY_BLOCKS = "key blocks"  # (cdiv(N, BLOCK_N), B*H)
+    TOKEN_BLOCKS = "token blocks"  # (cdiv(N, BLOCK_M), B*H): per-token work, no pair tile
+    TOKEN_SPLITS = "token splits"  # (reduction_splits(B*H, N), B*H): a share of a head's tokens each
+
+
+# A reduction over all tokens of a head ([d,d] states) is split over programs, each summing a
+# share of the tokens into the state with atomic adds: enough programs to fill the GPU
+# (SPLIT_PROGRAMS in all), none with fewer than SPLIT_TOKENS tokens.
+SPLIT_PROGRAMS = 512
+SPLIT_TOKENS = 256
+
+
+def reduction_splits(batch_heads: int, seq_len: int) -> int:
+    """How many programs share one (batch, head)'s tokens in a split reduction (Grid.TOKEN_SPLITS);
+    each takes the next multiple of BLOCK_N of cdiv(N, splits) tokens (template.Program.TOKEN_SPLIT)."""
+    return max(1, min(-(-seq_len // SPLIT_TOKENS), -(-SPLIT_PROGRAMS // batch_heads)))
 
 
 class Element(TextEnum):
     INPUT = "input"  # the dtype of q, k, v
     FP32 = "fp32"
-    INT8 = "int8"
 
 
 class Role(TextEnum):
@@ -43,7 +57,7 @@ class Role(TextEnum):
     STATE = "state"  # written by the reduction kernel, read by the attention kernel and the backward
     SAVED = "saved"  # written by the forward for the backward (SAVE_FOR_BACKWARD), else never read
     SCRATCH = "scratch"  # the backward's own, between its kernels
-    GRADIENT = "gradient"  # dq, dk, dv: fp32, the kernels add their shares into it
+    GRADIENT = "gradient"  # dq, dk, dv: written by the backward kernels (in fp32 where two share one)
 
 
 class Extent(TextEnum):
@@ -60,7 +74,7 @@ class Buffer:
     name: str  # the kernels' parameter
     element: Element
     role: Role
-    extent: Extent | None = Extent.TOKEN_ROWS  # None: a given buffer of the caller's shape (the mask's [B, N])
+    extent: Extent | None = Extent.TOKEN_ROWS  # None: a given buffer of the caller's shape (the mask's key bias, [B, N])
     count: int = 1  # how many extents per (batch, head): one per softmax, contraction, ...
     zeroed: bool = False  # allocated as zeros (the kernels accumulate into it)
 
@@ -79,7 +93,7 @@ class Buffer:
 
     def triton_type(self, dtype: str) -> str:
         """The pointer type in a Triton signature, for inputs of `dtype` ('fp16', ...)."""
-        return "*" + {Element.INPUT: dtype, Element.FP32: "fp32", Element.INT8: "i8"}[self.element]
+        return "*" + {Element.INPUT: dtype, Element.FP32: "fp32"}[self.element]
 
 
 @dataclass(frozen=True)

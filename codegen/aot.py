@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .abi import KernelInterface
+from .abi import Grid, KernelInterface
 from .generate import GeneratedModule
 from .tiles import DOT_PRECISION, head_dim_pad
 
@@ -43,6 +43,7 @@ class KernelResources:
     stack: int
     shared_bytes: int
     compile_seconds: float
+    tiles: dict | None = None  # the TileConfig it was compiled with (compile_job)
 
 
 # Turing: the oldest GPUs Triton's NVIDIA backend generates code for (its Blackwell-era
@@ -214,46 +215,63 @@ def compile_ahead_of_time(
     head_dim: int = 64,
     config=None,
     specialisation: Specialisation = DEFAULT_SPECIALISATION,
+    retile: bool = False,
 ) -> list[KernelResources]:
     """Compile every kernel of a generated module (already written to `module_path`) for
-    `arch`, as a launch with `specialisation` would, and report each kernel's resources."""
-    return compile_modules_ahead_of_time([(generated, module_path)], arch, dtype, head_dim, config, specialisation=specialisation)[0]
+    `arch`, as a launch with `specialisation` would, and report each kernel's resources
+    (with `retile`, a pass that spills takes the next tiles that do not: compile_job)."""
+    return compile_modules_ahead_of_time([(generated, module_path)], arch, dtype, head_dim, config, specialisation=specialisation,
+                                         retile=retile)[0]
 
 
 def compile_modules_ahead_of_time(
     modules, arch: str = "sm_90", dtype: str = "fp16", head_dim: int = 64, config=None, backward=None,
-    specialisation: Specialisation = DEFAULT_SPECIALISATION, passes=("forward", "backward"),
+    specialisation: Specialisation = DEFAULT_SPECIALISATION, passes=("forward", "backward"), retile: bool = False,
+    constants: dict | None = None,
 ) -> list[list[KernelResources]]:
     """`compile_ahead_of_time` for several (generated, module_path) pairs at once; `config`
     and `backward` are the tiles of the forward and backward kernels (default: the fixed ones),
-    `passes` which of them to compile.
+    `passes` which of them to compile; with `retile`, a pass whose kernels spill with them
+    takes the first candidate of its search space that does not (compile_job); `constants`
+    replace constexprs' values (HAS_MASK=False: the variant without a padding mask).
 
     Triton fixes compiled-or-interpreted once per process, when triton.language is first
     imported; a process that runs kernels on the interpreter compiles in one child process."""
     from .modules import triton_mode
 
-    jobs = [aot_job(generated, module_path, arch, dtype, head_dim, config, backward, specialisation, passes) for generated, module_path in modules]
+    jobs = [aot_job(generated, module_path, arch, dtype, head_dim, config, backward, specialisation, passes, constants, retile)
+            for generated, module_path in modules]
     mode = triton_mode()
     if mode == "compile" or (mode is None and os.environ.get("TRITON_INTERPRET") != "1"):
         return [_compile_job(job) for job in jobs]
+    # one child per core (ptxas and LLVM run single-threaded), the jobs dealt out in turn
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    child = subprocess.run(
-        [sys.executable, "-m", "genomec.codegen.aot"], input=json.dumps(jobs), capture_output=True, text=True, env=env
-    )
-    if child.returncode != 0:
-        raise RuntimeError(f"ahead-of-time compilation failed:\n{child.stderr[-4000:]}")
-    results = json.loads(child.stdout.strip().splitlines()[-1])
+    count = max(1, min(len(jobs), os.cpu_count() or 1))
+    with tempfile.TemporaryDirectory(prefix="genomec-aot-") as tmp:
+        children = []
+        for i in range(count):
+            files = [Path(tmp) / f"{i}.{name}" for name in ("in", "out", "err")]
+            files[0].write_text(json.dumps(jobs[i::count]))
+            with open(files[0]) as stdin, open(files[1], "w") as stdout, open(files[2], "w") as stderr:
+                children.append((subprocess.Popen([sys.executable, "-m", "genomec.codegen.aot"], stdin=stdin, stdout=stdout,
+                                                   stderr=stderr, text=True, env=env), files))
+        dealt = []
+        for child, files in children:
+            if child.wait() != 0:
+                raise RuntimeError(f"ahead-of-time compilation failed:\n{files[2].read_text()[-4000:]}")
+            dealt.append(json.loads(files[1].read_text().strip().splitlines()[-1]))
+    results = [dealt[i % count][i // count] for i in range(len(jobs))]
     return [[KernelResources(**r) for r in job_results] for job_results in results]
 
 
 def aot_job(generated: GeneratedModule, module_path: str | Path, arch: str = "sm_90", dtype: str = "fp16", head_dim: int = 64,
             config=None, backward=None, specialisation: Specialisation = DEFAULT_SPECIALISATION,
-            passes=("forward", "backward"), constants: dict | None = None) -> dict:
+            passes=("forward", "backward"), constants: dict | None = None, retile: bool = False) -> dict:
     """What compiling a generated module's kernels takes, as JSON (a child process reads
     it): the module file, the kernels of `passes`, the tiles of the forward and backward
     kernels (default: the fixed ones), the launch's specialisation, and `constants` that
     replace the constexprs' values (for example HAS_MASK=False: the variant without a mask)."""
-    from .tiles import backward_config, default_config
+    from .tiles import backward_candidates, backward_config, candidates, default_config
 
     return {
         "module_path": str(module_path),
@@ -268,9 +286,14 @@ def aot_job(generated: GeneratedModule, module_path: str | Path, arch: str = "sm
         "dtype": dtype,
         "head_dim": head_dim,
         "config": dataclasses.asdict(config or default_config(dtype, head_dim)),
-        "backward_config": dataclasses.asdict(backward or backward_config(dtype, head_dim)),
+        "backward_config": (backward or backward_config(dtype, head_dim)).to_json(),
         "specialisation": dataclasses.asdict(specialisation),
         "constants": constants or {},
+        # with `retile`, the candidates after the fixed tiles (compile_job tries them in order)
+        "retile": {
+            "forward": [dataclasses.asdict(c) for c in candidates(head_dim, dtype)[1:]],
+            "backward": [c.to_json() for c in backward_candidates(dtype, head_dim)[1:]],
+        } if retile else None,
     }
 
 
@@ -319,29 +342,49 @@ def compile_kernel(fn, types: dict[str, str], constants: dict, options: dict, ca
     return compiled, resources
 
 
-def compile_job(job: dict):
+def compile_job(job: dict) -> list:
     """Compile the kernels of an `aot_job` in this process (which must compile): for each,
     (name, whether it is a backward kernel, its TileConfig, Triton's compiled kernel, its
-    KernelResources)."""
-    from .modules import import_module_file
-    from .tiles import TileConfig
+    KernelResources). With the job's `retile`, a pass (forward, backward) whose kernels spill
+    with its fixed tiles is compiled again with the next candidates of its search space
+    (tiles.candidates, tiles.backward_candidates: the ones a GPU tunes over) until one spills
+    nothing, or the last one (the job carries the candidates: aot_job's `retile`)."""
+    from .tiles import BackwardTiles, TileConfig
 
-    forward_config = TileConfig(**job["config"])
-    backward_config = TileConfig(**job["backward_config"])
+    compiled = _compile_pass(job, TileConfig(**job["config"]), BackwardTiles.from_json(job["backward_config"]))
+    if job.get("retile"):
+        spaces = {False: [TileConfig(**c) for c in job["retile"]["forward"]], True: [BackwardTiles.from_json(c) for c in job["retile"]["backward"]]}
+        for backward, space in spaces.items():
+            for candidate in space:
+                if not any(resources.spills for _, b, _, _, resources in compiled if b == backward):
+                    break
+                tiles = (TileConfig(**job["config"]), candidate) if backward else (candidate, BackwardTiles.from_json(job["backward_config"]))
+                again = _compile_pass(dict(job, kernels=[k for k in job["kernels"] if k["backward"] == backward]), *tiles)
+                compiled = [c for c in compiled if c[1] != backward] + again
+    order = [k["name"] for k in job["kernels"]]
+    return sorted(compiled, key=lambda c: order.index(c[0]))
+
+
+def _compile_pass(job: dict, forward_config, backward_tiles) -> list:
+    """compile_job's kernels with these tiles."""
+    from .modules import import_module_file
+
     specialisation = Specialisation(**job.get("specialisation", {}))
     dtype, head_dim = job["dtype"], job["head_dim"]
     capability = parse_arch(job["arch"])
     module = import_module_file(job["module_path"], interpret=False)
+    results = []
     for k in job["kernels"]:
         kernel = KernelInterface.from_json(k)
-        config = backward_config if kernel.backward else forward_config
+        config = backward_tiles.for_grid(kernel.grid) if kernel.backward else forward_config
         constants = _constants(kernel, dtype, head_dim, config, job["causal"])
         constants.update({c: v for c, v in job.get("constants", {}).items() if c in constants})
         compiled, resources = compile_kernel(
             getattr(module, kernel.name), k["types"], constants, config.launch_options(), capability, specialisation,
             name=kernel.name,
         )
-        yield kernel.name, kernel.backward, config, compiled, resources
+        results.append((kernel.name, kernel.backward, config, compiled, dataclasses.replace(resources, tiles=dataclasses.asdict(config))))
+    return results
 
 
 def _compile_job(job: dict) -> list[KernelResources]:

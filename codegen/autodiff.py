@@ -27,7 +27,7 @@ from genomec.ir.graph import GLOBAL_SPACE, INPUT_OP, IR, PAIR_SPACE
 
 from . import backward_template as B
 from .template import indent, static_if
-from .emit import GLOBAL, PAIR, QUERY, Emitter, var
+from .emit import GLOBAL, QUERY, Emitter, var
 
 
 def grad(node_id: str, rows: str) -> str:
@@ -139,17 +139,21 @@ def _leaf(bp: Backprop, node_id: str, node, rows: str, g: str) -> None:
 
 def _softmax_over_keys(bp: Backprop, node_id: str, node, rows: str, g: str) -> None:
     """dS = P * (dP - delta); with fp32 inputs, minus the row's other terms at the row's
-    largest score (backward_template.STAR_*: the plain formula cancels there)."""
+    largest score (backward_template.STAR_*: the plain formula cancels there). P is 0 where
+    the pair takes no part (its scores were masked), and so is dS."""
+    emitter = bp.emitter
     operand = node.operands[0]
-    plain = f"tl.where(keep, {var(node_id, PAIR)} * ({g} - {node_id}_delta[:, None]), 0.0)"
-    if bp.has(operand, PAIR):  # a second share of the operand's cotangent: the fix on its own first
+    plain = f"{var(node_id, rows)} * ({g} - {emitter.query_row(node_id + '_delta')})"
+    star = dict(s=node_id, key=emitter.key_row("offs_n"), jstar=emitter.query_row(f"{node_id}_jstar"),
+                dstar=emitter.query_row(f"{node_id}_dstar"))
+    if bp.has(operand, rows):  # a second share of the operand's cotangent: the fix on its own first
         ds = f"{node_id}_dz"
         bp.lines.append(f"{ds} = {plain}")
-        bp.lines += static_if("STABLE_SOFTMAX_GRAD", [B.STAR_APPLY.format(g=ds, s=node_id)])
-        bp.add(operand, PAIR, ds)
+        bp.lines += static_if("STABLE_SOFTMAX_GRAD", [B.STAR_APPLY.format(g=ds, **star)])
+        bp.add(operand, rows, ds)
     else:
-        bp.add(operand, PAIR, plain)
-        bp.lines += static_if("STABLE_SOFTMAX_GRAD", [B.STAR_APPLY.format(g=grad(operand, PAIR), s=node_id)])
+        bp.add(operand, rows, plain)
+        bp.lines += static_if("STABLE_SOFTMAX_GRAD", [B.STAR_APPLY.format(g=grad(operand, rows), **star)])
 
 
 def _softmax_over_tokens(bp: Backprop, node_id: str, node, rows: str, g: str) -> None:

@@ -13,7 +13,7 @@ This module keeps the names the rest of the compiler imports.
 
 from __future__ import annotations
 
-from .backward_kernels import BACKWARD_CONSTEXPRS, generate_backward
+from .backward_kernels import BACKWARD_CONSTEXPRS, generate_backward, key_side_cotangents
 from .backward_plan import (
     BACKWARD_KERNELS,
     COLUMN_ROWS_KERNEL,
@@ -28,4 +28,5 @@ from .backward_plan import (
 __all__ = [
     "BACKWARD_CONSTEXPRS", "BACKWARD_KERNELS", "COLUMN_ROWS_KERNEL", "GLOBAL_BACKWARD_KERNELS",
     "BackwardKind", "BackwardSchedule", "OutsideBackwardClass", "backward_schedule", "format_backward", "generate_backward",
+    "key_side_cotangents",
 ]

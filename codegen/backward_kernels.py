@@ -46,6 +46,8 @@ key loop may read a state (post values, or query values that feed them).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from genomec.genome.ops import OPS, OpKind
 from genomec.ir.analysis import is_score, reads_state
 from genomec.ir.graph import IR, PAIR_SPACE, TOKEN_SPACE
@@ -56,7 +58,8 @@ from . import template as T
 from .autodiff import Backprop, accumulator, grad
 from .backward_plan import BackwardKind, BackwardSchedule
 from .emit import GLOBAL, KEY, PAIR, QUERY, Emitter, var
-from .schedule import KernelRole, Schedule, token_closure
+from .template import Mask
+from .schedule import KernelRole, Schedule, key_values_computed, token_closure
 
 BACKWARD_CONSTEXPRS = (
     "HEAD_DIM", "HEAD_DIM_PAD", "HEAD_SCALE", "BLOCK_M", "BLOCK_N", "HAS_MASK", "IS_CAUSAL", "DOT_DTYPE", "DOT_PRECISION",
@@ -65,28 +68,20 @@ BACKWARD_CONSTEXPRS = (
 indent, static_if = T.indent, T.static_if
 
 
-class _RecomputeEmitter(Emitter):
-    """The forward's emitter, with every softmax over keys recomputed from its saved
-    log-sum-exp: P = exp(z - lse) where the pair takes part, else 0."""
-
-    def _softmax(self, node_id: str, rows: str, x: str) -> list[str]:
-        if self.ir.node(node_id).space == PAIR_SPACE:
-            return [f"{var(node_id, rows)} = tl.where(keep, tl.exp({x} - {node_id}_lse[:, None]), 0.0)"]
-        return super()._softmax(node_id, rows, x)
-
-
 def generate_backward(sched: Schedule, plan: BackwardSchedule) -> list[tuple[KernelRole, str, tuple[str, ...]]]:
     """(kernel name, source, params) of the backward kernels, in launch order."""
     kernels = {
         KernelRole.BWD_PREPARE: _prepare_kernel,
         KernelRole.BWD_KEYS: _keys_kernel,
+        KernelRole.BWD_KEY_ROWS: _key_rows_kernel,
         KernelRole.BWD_QUERIES: _queries_kernel,
         KernelRole.BWD_GLOBAL: _global_kernel,
         KernelRole.BWD_QUERY_ROWS: _query_rows_kernel,
         KernelRole.BWD_STATE_ROWS: _state_rows_kernel,
         KernelRole.BWD_COLUMN_ROWS: _column_rows_kernel,
     }
-    return [(name, *kernels[name](sched, plan)) for name in plan.kernels]
+    written: set[str] = set()  # the inputs whose gradient an earlier kernel wrote (_input_grad_stores)
+    return [(name, *kernels[name](sched, plan, written)) for name in plan.kernels]
 
 
 def _kernel(name: KernelRole, emitter: Emitter, program: T.Program, body: str) -> tuple[str, tuple[str, ...]]:
@@ -129,43 +124,91 @@ def _contraction_at(plan: BackwardSchedule, c: str) -> str:
 
 
 def _pair_backprop(ir: IR, emitter: Emitter, plan: BackwardSchedule, stop=lambda n: False) -> Backprop:
-    """Cotangent tiles of the pair values: seeded by the contractions (d a = d c @ x^T),
-    back through the pair chain to the scores."""
+    """Cotangent tiles of the pair values: seeded by the contractions (d a = d c @ x^T; held
+    transposed, x @ d c^T), back through the pair chain to the scores."""
     backprop = Backprop(ir, emitter)
     for c in plan.contractions:
         a, x = ir.node(c).operands
-        backprop.seed(a, PAIR, f"tl.where(keep, _dot({grad(c, QUERY)}, tl.trans({var(x, KEY)}), DOT_DTYPE, DOT_PRECISION), 0.0)")
-    backprop.through(plan.pair_values, PAIR, stop=stop)
+        if emitter.transposed:
+            seed = f"_dot({var(x, KEY)}, tl.trans({grad(c, QUERY)}), DOT_DTYPE, DOT_PRECISION)"
+        else:
+            seed = f"_dot({grad(c, QUERY)}, tl.trans({var(x, KEY)}), DOT_DTYPE, DOT_PRECISION)"
+        backprop.seed(a, emitter.pair, emitter.kept(seed, "0.0"))
+    backprop.through(plan.pair_values, emitter.pair, stop=stop)
     return backprop
 
 
-def _score_grads(ir: IR, emitter: Emitter, plan: BackwardSchedule, backprop: Backprop, left: bool) -> list[tuple[str, str]]:
-    """(token value, cotangent expression) per score side reached: the query side (left)
-    accumulates over keys, the key side over queries."""
+@dataclass(frozen=True)
+class _Share:
+    """A value's cotangent from the pair tiles, summed over a kernel's loop: `acc_d<x> += dot`
+    (contractions, q k^T scores); a score op's (`split`) has accumulators of its own, the
+    product and a per-row sum (`acc_<s>`, `<s>_row`), and its cotangent after the loop is the
+    registry's ScoreVJP.finish of them and the own rows."""
+
+    x: str  # the token value the share belongs to
+    dot: str  # added to the accumulator at every block
+    score: str | None = None  # a score op's share: its node
+    row: str | None = None  # ... and the per-pair term summed over the block's other side
+    finish: str | None = None  # ... and its cotangent from {acc}, {row}, {x} after the loop
+
+    def updates(self) -> list[str]:
+        if self.score is None:
+            return [f"{accumulator(self.x)} += {self.dot}"]
+        return [f"acc_{self.score} += {self.dot}", f"{self.score}_row += tl.sum({self.row}, 1)"]
+
+
+def _score_grads(ir: IR, emitter: Emitter, plan: BackwardSchedule, backprop: Backprop, left: bool) -> list[_Share]:
+    """The shares of the score sides reached: the query side (left) accumulates over keys, the
+    key side over queries. A kernel holding its tiles transposed (key x query) has the key side
+    as its tile's rows; a score op's rule (ScoreVJP) is for the side whose rows the tile's are."""
+    pair = emitter.pair
     result = []
     for s in plan.pair_values:
         node = ir.node(s)
-        if not is_score(ir, s) or not backprop.has(s, PAIR):
+        if not is_score(ir, s) or not backprop.has(s, pair):
             continue
         x, y = node.operands
-        ds = f"tl.where(keep, {grad(s, PAIR)}, 0.0)"
+        ds = emitter.kept(grad(s, pair), "0.0")
         op = OPS[node.op]
         if op.kind is OpKind.PRODUCT:  # s = x y^T
-            expr = (
-                f"_dot({ds}, {var(y, KEY)}, DOT_DTYPE, DOT_PRECISION)"
-                if left
-                else f"_dot(tl.trans({ds}), {emitter.head_masked(x, QUERY)}, DOT_DTYPE, DOT_PRECISION)"
-            )
-        else:  # a score op: the registry's spelling of each side's share
-            rule = op.triton_vjp[0 if left else 1]
-            expr = rule.format(x=var(x, QUERY), y=var(y, KEY), out=var(s, PAIR), grad=ds)
-        result.append((x if left else y, expr))
+            if left:
+                result.append(_Share(x, f"_dot({ds}, {var(y, KEY)}, DOT_DTYPE, DOT_PRECISION)"))
+            elif emitter.transposed:  # ds^T held as it is
+                result.append(_Share(y, f"_dot({ds}, {emitter.head_masked(x, QUERY)}, DOT_DTYPE, DOT_PRECISION)"))
+            else:
+                result.append(_Share(y, f"_dot(tl.trans({ds}), {emitter.head_masked(x, QUERY)}, DOT_DTYPE, DOT_PRECISION)"))
+            continue
+        assert left != emitter.transposed, "a score op's rule is for the side whose rows the pair tile's are"
+        rule = op.triton_vjp
+        own, other = (y, var(x, QUERY)) if emitter.transposed else (x, var(y, KEY))
+        holes = dict(s=var(s, pair), ds=ds, y=other)
+        result.append(_Share(own, f"_dot({rule.tile.format(**holes)}, {rule.other.format(**holes)}, DOT_DTYPE, DOT_PRECISION)",
+                             score=s, row=rule.row.format(**holes), finish=rule.finish))
     return result
 
 
-def _prepare_kernel(sched: Schedule, plan: BackwardSchedule) -> tuple[str, tuple[str, ...]]:
+def _share_accumulators(shares: list[_Share], block: str) -> tuple[list[str], list[str]]:
+    """(the values with a plain accumulator, its init lines with the score ops' own)."""
+    plain = list(dict.fromkeys(sh.x for sh in shares if sh.score is None))
+    init = [B.GRAD_ACCUMULATOR_INIT.format(x=x, block=block) for x in plain]
+    for sh in shares:
+        if sh.score is not None:
+            init += [f"acc_{sh.score} = tl.zeros([{block}, HEAD_DIM_PAD], tl.float32)", f"{sh.score}_row = tl.zeros([{block}], tl.float32)"]
+    return plain, init
+
+
+def _seed_shares(backprop: Backprop, shares: list[_Share], rows: str) -> None:
+    """After the loop: each value's cotangent from its accumulators."""
+    for x in dict.fromkeys(sh.x for sh in shares if sh.score is None):
+        backprop.seed(x, rows, accumulator(x))
+    for sh in shares:
+        if sh.score is not None:
+            backprop.seed(sh.x, rows, sh.finish.format(x=var(sh.x, rows), acc=f"acc_{sh.score}", row=f"{sh.score}_row"))
+
+
+def _prepare_kernel(sched: Schedule, plan: BackwardSchedule, written: set[str]) -> tuple[str, tuple[str, ...]]:
     ir = sched.ir
-    emitter = _RecomputeEmitter(ir, sched.kinds)
+    emitter = Emitter(ir, sched.kinds)
     lines = [emitter.access(B.LOAD_CONTRACTION, c=c, at=_contraction_at(plan, c)) for c in plan.contractions]
     lines += _emit_all(emitter, plan.post_values, QUERY)
     lines.append("# -- cotangents of the contractions: back through the post values from d_out --")
@@ -190,12 +233,12 @@ def _prepare_kernel(sched: Schedule, plan: BackwardSchedule) -> tuple[str, tuple
         body.append(T.section("softmax row term: delta = sum_j P dP = rowsum(dc * c)",
                              [f"{s}_delta = {terms}", emitter.access(B.STORE_DELTA, s=s, at=_row_stat_at(plan, s))]))
     if plan.softmaxes:
-        body += _softmax_passes(ir, emitter, plan)
+        body += _softmax_passes(sched, emitter, plan)
     body.insert(0, T.section("query-side values, saved statistics and cotangents", query_values))
     return _kernel(KernelRole.BWD_PREPARE, emitter, T.Program.QUERY_BLOCK, "".join(body))
 
 
-def _softmax_passes(ir: IR, emitter: Emitter, plan: BackwardSchedule) -> list[str]:
+def _softmax_passes(sched: Schedule, emitter: Emitter, plan: BackwardSchedule) -> list[str]:
     """Prepare's passes over key blocks, one per nesting level of the softmaxes over keys:
     delta = sum_j P_ij dP_ij (unless the online softmax has it already) and, with fp32
     inputs, the row's dominant key j* and dS there (backward_template.STAR_*).
@@ -203,20 +246,32 @@ def _softmax_passes(ir: IR, emitter: Emitter, plan: BackwardSchedule) -> list[st
     A softmax of a softmax: dP of the inner one comes back through the outer one, which
     needs the outer delta (and dS at j*), so the passes go from the outermost level
     (nearest the contractions) in, each back through the levels already done."""
-    key_values = _emit_all(emitter, plan.key_values, KEY)
-    pair_values = _emit_all(emitter, plan.pair_values, PAIR)
+    ir = sched.ir
     init = _statistics_loads(emitter, plan, False)
     levels = plan.softmax_levels or (plan.softmaxes,)  # an online softmax has no statistics pass
     passes = []
     for depth in reversed(range(len(levels))):
         level = levels[depth]
         below = _downstream_of(ir, level, plan.pair_values)
-        pair = _pair_backprop(ir, emitter, plan, stop=lambda n: n not in below or n in level)
-        reached = [s for s in level if pair.has(s, PAIR)]  # the others' dP is 0
         sums = [s for s in level if s != plan.online]  # delta still to be summed here
         # a pass that only finds j* (the online softmax's delta is known) runs for fp32 only
         stable = (lambda lines: static_if("STABLE_SOFTMAX_GRAD", lines)) if sums else (lambda lines: lines)
-        stars = [B.STAR_UPDATE.format(s=s, z=var(ir.node(s).operands[0], PAIR), p=var(s, PAIR)) for s in reached]
+
+        def sections(mask: Mask, level=level, below=below, sums=sums, stable=stable) -> list:
+            with emitter.blocks(mask, KEY):
+                key_values = _loop_key_values(emitter, sched)
+                pair_values = _emit_all(emitter, plan.pair_values, PAIR)
+                pair = _pair_backprop(ir, emitter, plan, stop=lambda n: n not in below or n in level)
+                reached = [s for s in level if pair.has(s, PAIR)]  # the others' dP is 0
+                stars = [B.STAR_UPDATE.format(s=s, z=_base2_scores(emitter, s), p=var(s, PAIR)) for s in reached]
+                update_title = "accumulate delta, and the terms beside the largest score" if sums else "the terms beside the largest score"
+                return [
+                    ("key-side values", key_values),
+                    ("pair values (recomputed)", pair_values),
+                    ("cotangents of the pair values", pair.lines),
+                    (update_title, [B.DELTA_UPDATE.format(s=s, p=var(s, PAIR)) for s in sums if s in reached] + stable(stars)),
+                ]
+
         finish = [emitter.access(B.STORE_DELTA, s=s, at=_row_stat_at(plan, s)) for s in sums]
         finish += stable([emitter.access(B.STAR_FINISH, s=s, **_star_at(plan, s)) for s in level])
         title = "pass over key blocks: softmax row terms delta = sum_j P dP, and dS at the largest score"
@@ -224,21 +279,31 @@ def _softmax_passes(ir: IR, emitter: Emitter, plan: BackwardSchedule) -> list[st
             title = "pass over key blocks: dS at each row's largest score"
         if len(levels) > 1:
             title += f" (nesting level {depth + 1}: {', '.join(level)})"
-        update_title = "accumulate delta, and the terms beside the largest score" if sums else "the terms beside the largest score"
-        loop = T.BACKWARD_KEY_LOOP.render(
+        loop = T.BACKWARD_KEY_LOOP.render_split(
             title,
             init=init + [B.DELTA_INIT.format(s=s) for s in sums] + stable([B.STAR_INIT.format(s=s) for s in level]),
-            sections=[
-                ("key-side values", key_values),
-                ("pair values (recomputed)", pair_values),
-                ("cotangents of the pair values", pair.lines),
-                (update_title, [B.DELTA_UPDATE.format(s=s, p=var(s, PAIR)) for s in sums if s in reached] + stable(stars)),
-            ],
+            sections=sections,
             finish=finish,
         )
         passes.append(loop if sums else "\n    if STABLE_SOFTMAX_GRAD:\n" + indent([loop.lstrip("\n")], 4))
         init = []
     return passes
+
+
+def _loop_key_values(emitter: Emitter, sched: Schedule) -> list[str]:
+    """The lines of the key-side values a loop over key blocks computes for each block, those
+    of the forward's key-rows kernel read from its buffer (the key-block kernel computes its
+    own keys once, before its loop)."""
+    with emitter.reading_key_rows(sched.key_rows):
+        return _emit_all(emitter, key_values_computed(sched, sched.attention.key_passes[-1]), KEY)
+
+
+def _base2_scores(emitter: Emitter, softmax: str) -> str:
+    """A softmax's scores in its base-2 units, c2 y (emit.Emitter.softmax_input), whose row
+    max is the row's largest score."""
+    _, holes = emitter.softmax_input(softmax)
+    y = var(emitter.scaled(emitter.ir.node(softmax).operands[0])[0], emitter.pair)
+    return f"({y} * {holes['c2']})"
 
 
 def _downstream_of_column_softmaxes(ir: IR, plan: BackwardSchedule) -> set[str]:
@@ -260,73 +325,166 @@ def _downstream_of(ir: IR, roots, nodes) -> set[str]:
 
 
 def _contraction_grad_loads(emitter: Emitter, plan: BackwardSchedule) -> list[str]:
-    return [emitter.access(B.LOAD_CONTRACTION_GRAD, c=c, at=_contraction_at(plan, c)) for c in plan.contractions]
+    return [emitter.access(B.LOAD_CONTRACTION_GRAD, c=c, at=_contraction_at(plan, c), mask=emitter.row_mask(QUERY)) for c in plan.contractions]
 
 
-def _input_grad_stores(emitter: Emitter, backprop: Backprop, rows: str, held: str) -> list[str]:
-    """Each input's gradient on the rows `held` (rows_m or rows_n), added to what is there."""
-    return [
-        emitter.access(B.ADD_TO_OWN_ROWS, pointer=f"d{n}_ptr", var=f"d{n}", at=f"head_offset + {held} + offs_d[None, :]", rows=held, grad=grad(n, rows))
-        for n in ("q", "k", "v")
-        if backprop.has(n, rows)
-    ]
+def _input_grad_stores(emitter: Emitter, backprop: Backprop, rows: str, held: str, written: set[str]) -> list[str]:
+    """Each input's gradient on the rows `held` (rows_m or rows_n): stored by the first kernel
+    that writes it, added by a later one (`written`: the inputs earlier kernels wrote)."""
+    lines = []
+    for n in ("q", "k", "v"):
+        if backprop.has(n, rows):
+            piece = B.ADD_TO_OWN_ROWS if n in written else B.STORE_OWN_ROWS
+            at = f"head_offset + {held} + offs_d[None, :]"
+            lines.append(emitter.access(piece, pointer=f"d{n}_ptr", var=f"d{n}", at=at, rows=held, grad=grad(n, rows)))
+            written.add(n)
+    return lines
 
 
-def _keys_kernel(sched: Schedule, plan: BackwardSchedule) -> tuple[str, tuple[str, ...]]:
+def _keys_kernel(sched: Schedule, plan: BackwardSchedule, written: set[str]) -> tuple[str, tuple[str, ...]]:
+    """Per key block, over the query blocks, its pair tiles held key x query (FlashAttention-2's
+    dK, dV kernel: the key block is the M side of every product)."""
     ir = sched.ir
-    emitter = _RecomputeEmitter(ir, sched.kinds)
-    pair = _pair_backprop(ir, emitter, plan)
-    # key-side cotangents: the values of the contractions, the key side of the scores
-    updates: list[tuple[str, str]] = []
-    for c in plan.contractions:
-        a, x = ir.node(c).operands
-        updates.append((x, f"_dot(tl.trans(tl.where(keep, {var(a, PAIR)}, 0.0)), {grad(c, QUERY)}, DOT_DTYPE, DOT_PRECISION)"))
-    updates += _score_grads(ir, emitter, plan, pair, left=False)
-    accumulated = list(dict.fromkeys(x for x, _ in updates))
-    key_backprop = Backprop(ir, emitter)
-    for x in accumulated:
-        key_backprop.seed(x, KEY, accumulator(x))
-    key_backprop.through(plan.key_values, KEY, stop=lambda n: n in plan.column_softmaxes)
-    query_values = _emit_all(emitter, plan.score_query_values, QUERY) + _statistics_loads(emitter, plan, True)
-    query_values += _contraction_grad_loads(emitter, plan)
+    emitter = Emitter(ir, sched.kinds, transposed=True)
+
+    def body(mask: Mask):
+        """The loop body's sections for blocks masked by `mask`, and its shares."""
+        with emitter.blocks(mask, QUERY):
+            query_values = _emit_all(emitter, plan.score_query_values, QUERY) + _statistics_loads(emitter, plan, True)
+            query_values += _contraction_grad_loads(emitter, plan)
+            pair_values = _emit_all(emitter, plan.pair_values, emitter.pair)
+            pair = _pair_backprop(ir, emitter, plan)
+            shares = _key_shares(ir, emitter, plan, pair)
+            sections = [
+                ("query-side values, saved statistics and cotangents", query_values),
+                ("pair values (recomputed), key x query", pair_values),
+                ("cotangents of the pair values", pair.lines),
+                ("accumulate the key-side cotangents over queries", [line for sh in shares for line in sh.updates()]),
+            ]
+        return sections, shares
+
+    # Before the loop, the key-side values it reads (those of the forward's key-rows kernel read
+    # from its buffer); the values needed after it (the score ops' own rows, the key-side
+    # chains) are computed again there: held through the loop, each [BLOCK_N, d] value would
+    # take registers the loop needs.
     key_values = _column_loads(emitter, sched, _columns_in(plan, plan.key_values, plan.score_query_values))
-    key_values += _emit_all(emitter, plan.key_values, KEY)
-    loop = T.QUERY_LOOP.render(
+    key_values += _loop_key_values(emitter, sched)
+    shares = body(Mask.EDGE)[1]
+    plain, init = _share_accumulators(shares, "BLOCK_N")
+    kept = [accumulator(x) for x in plain] + [name for sh in shares if sh.score for name in (f"acc_{sh.score}", f"{sh.score}_row")]
+    loop = T.QUERY_LOOP.render_split(
         "pass over query blocks: key-side cotangents",
-        init=[B.GRAD_ACCUMULATOR_INIT.format(x=x, block="BLOCK_N") for x in accumulated],
-        sections=[
-            ("query-side values, saved statistics and cotangents", query_values),
-            ("pair values (recomputed)", _emit_all(emitter, plan.pair_values, PAIR)),
-            ("cotangents of the pair values", pair.lines),
-            ("accumulate the key-side cotangents over queries", [f"{accumulator(x)} += {expr}" for x, expr in updates]),
-        ],
+        init=init,
+        sections=lambda mask: body(mask)[0],
+        # the whole blocks did not mask padded keys: their rows reached only their own accumulators
+        finish=static_if("HAS_MASK", [f"{a} = tl.where(key_ok{'[:, None]' if not a.endswith('_row') else ''}, {a}, 0.0)" for a in kept]),
     )
-    key_grads = key_backprop.lines + _column_grad_adds(emitter, sched, key_backprop, KEY, "rows_n")
-    key_grads += _input_grad_stores(emitter, key_backprop, KEY, "rows_n")
-    body = T.section("key-side values", key_values) + loop + T.section("back through the key-side values to the inputs' key rows", key_grads)
-    return _kernel(KernelRole.BWD_KEYS, emitter, T.Program.KEY_BLOCK, body)
+    body_text = T.section("key-side values", key_values) + loop
+    groups = _store_groups(ir, sched.kinds, shares)
+    if plan.key_chains:  # attention_bwd_key_rows goes on from here
+        cotangents = key_side_cotangents(sched, plan)
+        lines = []
+        for group in groups:
+            key_backprop = Backprop(ir, emitter)
+            _seed_shares(key_backprop, group, KEY)
+            lines += _emit_all(emitter, token_closure(ir, sched.kinds, [sh.x for sh in group if sh.score]), KEY) + key_backprop.lines
+            lines += [emitter.access(B.STORE_KEY_GRAD, at=T.token_rows_at(cotangents.index(x), len(cotangents), "rows_n"), grad=grad(x, KEY))
+                      for x in dict.fromkeys(sh.x for sh in group)]
+        body_text += T.section("the cotangents of the key-side values the loop read, for attention_bwd_key_rows", lines)
+    else:  # inputs, transposed or not: their cotangents are the inputs' own
+        key_grads = []
+        for group in groups:
+            key_backprop = Backprop(ir, emitter)
+            _seed_shares(key_backprop, group, KEY)
+            key_backprop.through(plan.key_values, KEY, stop=lambda n: n in plan.column_softmaxes)
+            key_grads += _emit_all(emitter, token_closure(ir, sched.kinds, [sh.x for sh in group if sh.score]), KEY) + key_backprop.lines
+            key_grads += _column_grad_adds(emitter, sched, key_backprop, KEY, "rows_n")
+            key_grads += _input_grad_stores(emitter, key_backprop, KEY, "rows_n", written)
+        body_text += T.section("back to the inputs' key rows", key_grads)
+    return _kernel(KernelRole.BWD_KEYS, emitter, T.Program.KEY_BLOCK, body_text)
 
 
-def _queries_kernel(sched: Schedule, plan: BackwardSchedule) -> tuple[str, tuple[str, ...]]:
+def _store_groups(ir: IR, kinds: dict, shares: list[_Share]) -> list[list[_Share]]:
+    """The shares in groups that reach no input in common (each group's cotangents are stored
+    on their own), those made of accumulators alone first: their [BLOCK_N, d] accumulators
+    are stored before a score op's own rows are read again after the loop for the others."""
+    groups: list[tuple[set, list]] = []  # (the token values reached, the shares)
+    for sh in shares:
+        reached = set(token_closure(ir, kinds, [sh.x]))
+        joined = [g for g in groups if g[0] & reached]
+        for g in joined:
+            groups.remove(g)
+            reached |= g[0]
+        groups.append((reached, [s for g in joined for s in g[1]] + [sh]))
+    ordered = [g[1] for g in groups]
+    return sorted(ordered, key=lambda group: any(sh.score for sh in group))
+
+
+def _key_shares(ir: IR, emitter: Emitter, plan: BackwardSchedule, pair: Backprop) -> list[_Share]:
+    """The key-block kernel's shares: the contractions' values (P^T dC), the key side of the scores."""
+    shares = [
+        _Share(x, f"_dot({emitter.kept(var(a, emitter.pair), '0.0')}, {grad(c, QUERY)}, DOT_DTYPE, DOT_PRECISION)")
+        for c in plan.contractions
+        for a, x in [ir.node(c).operands]
+    ]
+    return shares + _score_grads(ir, emitter, plan, pair, left=False)
+
+
+def key_side_cotangents(sched: Schedule, plan: BackwardSchedule) -> tuple[str, ...]:
+    """The key-side values whose cotangents the key-block kernel sums over queries (the
+    contractions' values, the key side of the scores), in its order."""
+    emitter = Emitter(sched.ir, sched.kinds, transposed=True)
+    pair = _pair_backprop(sched.ir, emitter, plan)
+    return tuple(dict.fromkeys(sh.x for sh in _key_shares(sched.ir, emitter, plan, pair)))
+
+
+def _key_rows_kernel(sched: Schedule, plan: BackwardSchedule, written: set[str]) -> tuple[str, tuple[str, ...]]:
+    """After the key-block kernel, per token block: from the cotangents it left of the values its
+    loop read as keys, back through the key-side values to the inputs."""
     ir = sched.ir
-    emitter = _RecomputeEmitter(ir, sched.kinds)
-    pair = _pair_backprop(ir, emitter, plan)
-    updates = _score_grads(ir, emitter, plan, pair, left=True)
-    accumulated = list(dict.fromkeys(x for x, _ in updates))
-    loop = T.BACKWARD_KEY_LOOP.render(
+    emitter = Emitter(ir, sched.kinds)
+    accumulated = key_side_cotangents(sched, plan)
+    key_backprop = Backprop(ir, emitter)
+    for i, x in enumerate(accumulated):
+        key_backprop.seed(x, KEY, emitter.access(B.LOAD_KEY_GRAD, at=T.token_rows_at(i, len(accumulated), "rows_n")))
+    key_backprop.through(plan.key_values, KEY, stop=lambda n: n in plan.column_softmaxes)
+    values = _column_loads(emitter, sched, _columns_in(plan, plan.key_values))
+    values += _emit_all(emitter, plan.key_values, KEY) + key_backprop.lines
+    values += _column_grad_adds(emitter, sched, key_backprop, KEY, "rows_n")
+    return _token_block_kernel(
+        KernelRole.BWD_KEY_ROWS, emitter, "key rows: back from the key-block kernel's cotangents", values,
+        _input_grad_stores(emitter, key_backprop, KEY, "rows_m", written),
+    )
+
+
+def _queries_kernel(sched: Schedule, plan: BackwardSchedule, written: set[str]) -> tuple[str, tuple[str, ...]]:
+    ir = sched.ir
+    emitter = Emitter(ir, sched.kinds)
+
+    def body(mask: Mask):
+        with emitter.blocks(mask, KEY):
+            key_values = _loop_key_values(emitter, sched)
+            pair_values = _emit_all(emitter, plan.pair_values, PAIR)
+            pair = _pair_backprop(ir, emitter, plan)
+            shares = _score_grads(ir, emitter, plan, pair, left=True)
+            sections = [
+                ("key-side values", key_values),
+                ("pair values (recomputed)", pair_values),
+                ("cotangents of the pair values", pair.lines),
+                ("accumulate the query-side cotangents over keys", [line for sh in shares for line in sh.updates()]),
+            ]
+        return sections, shares
+
+    shares = body(Mask.EDGE)[1]
+    _, init = _share_accumulators(shares, "BLOCK_M")
+    loop = T.BACKWARD_KEY_LOOP.render_split(
         "pass over key blocks: query-side cotangents of the scores",
-        init=[B.GRAD_ACCUMULATOR_INIT.format(x=x, block="BLOCK_M") for x in accumulated],
-        sections=[
-            ("key-side values", _emit_all(emitter, plan.key_values, KEY)),
-            ("pair values (recomputed)", _emit_all(emitter, plan.pair_values, PAIR)),
-            ("cotangents of the pair values", pair.lines),
-            ("accumulate the query-side cotangents over keys", [f"{accumulator(x)} += {expr}" for x, expr in updates]),
-        ],
+        init=init,
+        sections=lambda mask: body(mask)[0],
     )
     # after the loop: the post values' share, then back through the query-side chains
     query_backprop = Backprop(ir, emitter)
-    for x in accumulated:
-        query_backprop.seed(x, QUERY, accumulator(x))
+    _seed_shares(query_backprop, shares, QUERY)
     post = []  # (emitted only when the kernel reads them: a piece joins the kernel's parameters as it is made)
     if ir.output not in plan.contractions:
         post = [emitter.access(B.LOAD_CONTRACTION, c=c, at=_contraction_at(plan, c)) for c in plan.contractions]
@@ -338,14 +496,14 @@ def _queries_kernel(sched: Schedule, plan: BackwardSchedule) -> tuple[str, tuple
         query_backprop.through(plan.query_values, QUERY, stop=lambda n: n in plan.column_softmaxes)
     tail = post + query_backprop.lines
     tail += _column_grad_adds(emitter, sched, query_backprop, QUERY, "rows_m")
-    tail += _input_grad_stores(emitter, query_backprop, QUERY, "rows_m")
+    tail += _input_grad_stores(emitter, query_backprop, QUERY, "rows_m", written)
     query_values = _global_value_lines(emitter, sched, plan)
     query_values += _column_loads(emitter, sched, _columns_in(plan, plan.query_values, plan.key_values))
     query_values += _emit_all(emitter, plan.query_values, QUERY)
     query_values += _statistics_loads(emitter, plan, True) + _contraction_grad_loads(emitter, plan)
-    body = T.section("query-side values, saved statistics and cotangents", query_values) + loop
-    body += T.section("the post values' share, and back through the query-side values to the inputs' query rows", tail)
-    return _kernel(KernelRole.BWD_QUERIES, emitter, T.Program.QUERY_BLOCK, body)
+    body_text = T.section("query-side values, saved statistics and cotangents", query_values) + loop
+    body_text += T.section("the post values' share, and back through the query-side values to the inputs' query rows", tail)
+    return _kernel(KernelRole.BWD_QUERIES, emitter, T.Program.QUERY_BLOCK, body_text)
 
 
 # -- [d,d] states and softmaxes over tokens ------------------------------------------------
@@ -416,7 +574,7 @@ def _seed_state_rows(ir: IR, emitter: Emitter, reductions, backprop: Backprop, w
             backprop.seed(y, KEY, f"_dot(tl.where(token_ok[:, None] & dim_ok, {var(x, KEY)}, 0.0), d{r}_g, DOT_DTYPE, DOT_PRECISION)")
 
 
-def _global_kernel(sched: Schedule, plan: BackwardSchedule) -> tuple[str, tuple[str, ...]]:
+def _global_kernel(sched: Schedule, plan: BackwardSchedule, written: set[str]) -> tuple[str, tuple[str, ...]]:
     ir = sched.ir
     emitter = Emitter(ir, sched.kinds)
     values = [B.HEAD_BLOCK_OK] + _global_value_lines(emitter, sched, plan) + _column_loads(emitter, sched, plan.column_softmaxes)
@@ -510,7 +668,7 @@ def _token_block_kernel(name: KernelRole, emitter: Emitter, title: str, values, 
     return _kernel(name, emitter, T.Program.TOKEN_BLOCK, body)
 
 
-def _query_rows_kernel(sched: Schedule, plan: BackwardSchedule) -> tuple[str, tuple[str, ...]]:
+def _query_rows_kernel(sched: Schedule, plan: BackwardSchedule, written: set[str]) -> tuple[str, tuple[str, ...]]:
     ir = sched.ir
     emitter = Emitter(ir, sched.kinds)
     # a softmax over tokens that the query rows read: its delta term is added here
@@ -519,11 +677,11 @@ def _query_rows_kernel(sched: Schedule, plan: BackwardSchedule) -> tuple[str, tu
     values = _global_value_lines(emitter, sched, plan) + _column_loads(emitter, sched, columns, with_delta=columns)
     values += _emit_all(emitter, plan.query_values, QUERY) + query.lines
     return _token_block_kernel(
-        KernelRole.BWD_QUERY_ROWS, emitter, "query rows: back from d_out", values, _input_grad_stores(emitter, query, QUERY, "rows_m"),
+        KernelRole.BWD_QUERY_ROWS, emitter, "query rows: back from d_out", values, _input_grad_stores(emitter, query, QUERY, "rows_m", written),
     )
 
 
-def _state_rows_kernel(sched: Schedule, plan: BackwardSchedule) -> tuple[str, tuple[str, ...]]:
+def _state_rows_kernel(sched: Schedule, plan: BackwardSchedule, written: set[str]) -> tuple[str, tuple[str, ...]]:
     ir = sched.ir
     emitter = Emitter(ir, sched.kinds)
     columns = [s for s in plan.column_softmaxes if s in plan.reduction_values]
@@ -538,11 +696,11 @@ def _state_rows_kernel(sched: Schedule, plan: BackwardSchedule) -> tuple[str, tu
     values += _emit_all(emitter, plan.reduction_values, KEY) + keys.lines
     return _token_block_kernel(
         KernelRole.BWD_STATE_ROWS, emitter, "rows of the reductions' operands: back from each state's cotangent", values,
-        _input_grad_stores(emitter, keys, KEY, "rows_m"),
+        _input_grad_stores(emitter, keys, KEY, "rows_m", written),
     )
 
 
-def _column_rows_kernel(sched: Schedule, plan: BackwardSchedule) -> tuple[str, tuple[str, ...]]:
+def _column_rows_kernel(sched: Schedule, plan: BackwardSchedule, written: set[str]) -> tuple[str, tuple[str, ...]]:
     """Next to a pass over keys: per token block, dX = P * (dP - delta) of each softmax over
     tokens (dP from the buffer the key-pass kernels filled), back to the inputs."""
     ir = sched.ir
@@ -556,5 +714,5 @@ def _column_rows_kernel(sched: Schedule, plan: BackwardSchedule) -> tuple[str, t
     values += _emit_all(emitter, plan.column_values, KEY) + rows.lines
     return _token_block_kernel(
         KernelRole.BWD_COLUMN_ROWS, emitter, "rows of the softmaxes over tokens: back from dX = P * (dP - delta)", values,
-        _input_grad_stores(emitter, rows, KEY, "rows_m"),
+        _input_grad_stores(emitter, rows, KEY, "rows_m", written),
     )

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from genomec.genome.ops import TextEnum
 from genomec.ir.analysis import is_score, reads_state
-from genomec.ir.graph import IR
+from genomec.ir.graph import INPUT_OP, IR
 
 from .autodiff import has_derivative_rule
 from .schedule import KernelRole, PassKind, Schedule, softmaxes_over_keys, token_closure
@@ -53,14 +53,22 @@ class BackwardSchedule:
     pair_values: tuple[str, ...] = ()
     post_values: tuple[str, ...] = ()
 
+    # The key side computes values from the inputs (more than transposes): the key-block
+    # kernel then leaves the cotangents of what its loop reads as keys, and a kernel per token
+    # block goes on back through those values (attention_bwd_key_rows), so that the key-block
+    # kernel holds none of them.
+    key_chains: bool = False
+
     @property
     def kernels(self) -> tuple[KernelRole, ...]:
         if not self.fused:
             return ()
         global_kernel, query_rows, state_rows = GLOBAL_BACKWARD_KERNELS
         if self.kind == BackwardKind.KEYS:  # the states' and the softmaxes over tokens' shares after the key passes'
+            prepare, keys, queries = BACKWARD_KERNELS
+            key_passes = (prepare, keys) + ((KernelRole.BWD_KEY_ROWS,) if self.key_chains else ()) + (queries,)
             per_head = (global_kernel,) if self.reductions or self.column_softmaxes else ()
-            return BACKWARD_KERNELS + per_head + ((state_rows,) if self.reductions else ()) + ((COLUMN_ROWS_KERNEL,) if self.column_softmaxes else ())
+            return key_passes + per_head + ((state_rows,) if self.reductions else ()) + ((COLUMN_ROWS_KERNEL,) if self.column_softmaxes else ())
         # without states, the query rows do everything but the column deltas' pass over tokens
         per_head = (global_kernel,) if self.reductions or self.column_softmaxes else ()
         return per_head + (query_rows,) + ((state_rows,) if self.reductions else ())
@@ -124,6 +132,7 @@ def _plan(sched: Schedule) -> BackwardSchedule:
         query_values=attention.query_values,
         score_query_values=score_query_values,
         key_values=accumulate.key_values,
+        key_chains=any(ir.node(n).op not in (INPUT_OP, "transpose") for n in accumulate.key_values),
         pair_values=accumulate.pair_values,
         post_values=attention.post_values,
     )
@@ -174,9 +183,12 @@ def format_backward(plan: BackwardSchedule) -> str:
     delta = "rowsum(dc * c)" if plan.online else ("a pass over key blocks" if plan.softmaxes else "-")
     if len(plan.softmax_levels) > 1:
         delta = f"a pass over key blocks per nesting level ({len(plan.softmax_levels)})"
-    kernels = "attention_bwd_prepare (query blocks), attention_bwd_keys (key blocks), attention_bwd_queries (query blocks)"
+    kernels = "attention_bwd_prepare (query blocks), attention_bwd_keys (key blocks), "
+    if plan.key_chains:
+        kernels += "attention_bwd_key_rows (token blocks: back through the key-side values), "
+    kernels += "attention_bwd_queries (query blocks)"
     if plan.reductions or plan.column_softmaxes:
-        per_block = ", ".join(plan.kernels[len(BACKWARD_KERNELS) + 1:])
+        per_block = ", ".join(plan.kernels[plan.kernels.index(KernelRole.BWD_GLOBAL) + 1:])
         kernels += f", then attention_bwd_global (batch x heads), {per_block} (token blocks)"
     return "\n".join(
         [

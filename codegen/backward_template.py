@@ -15,9 +15,12 @@ Kernels of a graph with a pass over keys, launched in this order, none of which 
     attention_bwd_queries  per query block, looping over key blocks: cotangents of the
                            query-side values, then back to the inputs' query rows
 
-Softmax tiles are recomputed from the forward's log-sum-exp: P = exp(z - lse). Input
-gradients are fp32: the key kernel adds its share, then the query kernel adds its own (the
-kernels run one after the other and each program owns its rows: no atomics).
+Softmax tiles are recomputed from the forward's log-sum-exp: P = exp2(c2 y - lse) (base 2,
+emit.py). The key kernel holds its pair tiles key x query (`t3_ji`), so that its key block is
+the M side of every product (FlashAttention-2's backward). An input's gradient is written in
+the inputs' dtype by the one kernel that computes it; where two kernels share one (a value
+read as queries and as keys), the first stores its share in fp32 and the second adds its own
+(the kernels run one after the other and each program owns its rows: no atomics).
 
 A graph with [d,d] states (a reduction kernel) has, in this order:
 
@@ -42,17 +45,30 @@ from . import template as T
 
 LOAD_LSE = T.Access('{s}_lse = tl.load(lse_ptr + {at}, mask=offs_m < seq_len, other=float("inf"))', "lse_ptr")
 LOAD_CONTRACTION = T.Access("{c}_i = tl.load(saved_ptr + {at}, mask=rows_m_ok & dim_ok, other=0.0)", "saved_ptr")
-LOAD_CONTRACTION_GRAD = T.Access("d{c}_i = tl.load(dcontraction_ptr + {at}, mask=rows_m_ok & dim_ok, other=0.0)", "dcontraction_ptr")
-STORE_CONTRACTION_GRAD = T.Access("tl.store(dcontraction_ptr + {at}, tl.where(dim_ok, d{c}_i, 0.0), mask=rows_m_ok & dim_ok)", "dcontraction_ptr")
+LOAD_CONTRACTION_GRAD = T.Access("d{c}_i = tl.load(dcontraction_ptr + {at}, mask={mask}, other=0.0)", "dcontraction_ptr")
+# (in the inputs' dtype: only tensor-core products read them, which round them to it anyway)
+STORE_CONTRACTION_GRAD = T.Access(
+    "tl.store(dcontraction_ptr + {at}, tl.where(dim_ok, d{c}_i, 0.0).to(dcontraction_ptr.dtype.element_ty), mask=rows_m_ok & dim_ok)",
+    "dcontraction_ptr",
+)
 LOAD_OUTPUT_GRAD = T.Access('''\
 d{out}_i = tl.load(dout_ptr + head_offset + rows_m + offs_d[None, :], mask=rows_m_ok & dim_ok, other=0.0).to(tl.float32)
 d{out}_i = tl.where(query_ok[:, None], d{out}_i, 0.0)  # padded rows' outputs are constant 0''', "dout_ptr")
 
-# A share added into fp32 token rows that this program owns: load, add, store (the kernels
-# run one after the other, so no atomics). {rows}: rows_m or rows_n.
+# An input's gradient on the token rows this program owns. The first kernel that writes it
+# stores its share ({ptr}'s dtype: the inputs' own when it is the only one, else fp32);
+# a later one adds its share to what is there (the kernels run one after the other, so no
+# atomics). {rows}: rows_m or rows_n.
+STORE_OWN_ROWS = '''\
+tl.store({ptr} + {at}, ({grad}).to({ptr}.dtype.element_ty), mask={rows}_ok & dim_ok)'''
 ADD_TO_OWN_ROWS = '''\
 {var}_at = {at}
 tl.store({ptr} + {var}_at, tl.load({ptr} + {var}_at, mask={rows}_ok & dim_ok, other=0.0) + {grad}, mask={rows}_ok & dim_ok)'''
+# With key-side chains (backward_plan.BackwardSchedule.key_chains), the key-block kernel leaves
+# the cotangents of the values its loop read as keys here, and attention_bwd_key_rows goes
+# on back through the chains, per token block.
+STORE_KEY_GRAD = T.Access("tl.store(dkey_rows_ptr + {at}, {grad}, mask=rows_n_ok & dim_ok)", "dkey_rows_ptr")
+LOAD_KEY_GRAD = T.Access("tl.load(dkey_rows_ptr + {at}, mask=rows_n_ok & dim_ok, other=0.0)", "dkey_rows_ptr")
 GRAD_ACCUMULATOR_INIT = "acc_d{x} = tl.zeros([{block}, HEAD_DIM_PAD], tl.float32)"
 
 # -- softmax row terms: delta_i = sum_j P_ij dP_ij ----------------------------------------
@@ -111,7 +127,7 @@ STAR_LOAD = T.Access("""\
 {s}_star_at = {stars}
 {s}_jstar = tl.load(delta_ptr + {s}_star_at, mask=offs_m < seq_len, other=-1.0).to(tl.int32)
 {s}_dstar = tl.load(delta_ptr + {s}_star_at + {region}, mask=offs_m < seq_len, other=0.0)""", "delta_ptr")
-STAR_APPLY = "{g} = tl.where(offs_n[None, :] == {s}_jstar[:, None], {s}_dstar[:, None], {g})"
+STAR_APPLY = "{g} = tl.where({key} == {jstar}, {dstar}, {g})"  # ({key}: offs_n, {jstar}, {dstar}: broadcast over the tile)
 
 # -- [d,d] states and softmaxes over tokens -----------------------------------------------
 

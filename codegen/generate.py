@@ -20,17 +20,22 @@ from . import forward_template as F
 from . import template as T
 from .abi import SCALARS, Buffer, Element, Extent, Grid, KernelInterface, ModuleABI, Role
 from .emit import GLOBAL, KEY, PAIR, QUERY, Emitter, var
+from .template import Mask
 from .backward import (
-    BACKWARD_CONSTEXPRS, BackwardKind, BackwardSchedule, backward_schedule, format_backward, generate_backward,
+    BACKWARD_CONSTEXPRS, BackwardKind, BackwardSchedule, backward_schedule, format_backward, generate_backward, key_side_cotangents,
 )
-from .schedule import AttentionKernel, KernelRole, KeyPass, PassKind, ReductionKernel, Schedule, format_schedule, schedule
+from .schedule import (
+    AttentionKernel, KernelRole, KeyPass, KeyRowsKernel, PassKind, ReductionKernel, Schedule, format_schedule, key_values_computed, schedule,
+)
 
-GENERATOR_VERSION = "genomec-codegen/1"
-# Backward kernels with one program per query (or token) block; attention_bwd_keys has one
-# per key block, attention_bwd_global one per (batch, head).
-PER_BLOCK_BACKWARD_KERNELS = (
-    KernelRole.BWD_PREPARE, KernelRole.BWD_QUERIES, KernelRole.BWD_QUERY_ROWS, KernelRole.BWD_STATE_ROWS, KernelRole.BWD_COLUMN_ROWS,
-)
+GENERATOR_VERSION = "genomec-codegen/2"
+# Backward kernels with one program per query block, and per token block (no pair tile);
+# attention_bwd_keys has one per key block, attention_bwd_global one per (batch, head).
+BACKWARD_GRIDS = {
+    KernelRole.BWD_PREPARE: Grid.QUERY_BLOCKS, KernelRole.BWD_KEYS: Grid.KEY_BLOCKS, KernelRole.BWD_QUERIES: Grid.QUERY_BLOCKS,
+    KernelRole.BWD_GLOBAL: Grid.HEADS, KernelRole.BWD_KEY_ROWS: Grid.TOKEN_BLOCKS, KernelRole.BWD_QUERY_ROWS: Grid.TOKEN_BLOCKS,
+    KernelRole.BWD_STATE_ROWS: Grid.TOKEN_BLOCKS, KernelRole.BWD_COLUMN_ROWS: Grid.TOKEN_BLOCKS,
+}
 
 
 def generator_fingerprint() -> str:
@@ -48,11 +53,14 @@ def generator_fingerprint() -> str:
 
 
 def helper_sources(backward: bool = False) -> str:
-    """The registry's Triton helpers (`Op.triton_helpers`, or `Op.triton_vjp_helpers`), each
-    once, grouped by op kind in OpKind's order and in registry order within a kind (the
-    order generated modules have always had); keep_what_is_called drops the uncalled ones."""
+    """The registry's Triton helpers (`Op.triton_helpers`, and with `backward` the
+    `Op.triton_vjp_helpers` too), each once, grouped by op kind in OpKind's order and in
+    registry order within a kind (the order generated modules have always had);
+    keep_what_is_called drops the uncalled ones."""
     ops = sorted(OPS.values(), key=lambda op: list(OpKind).index(op.kind))
-    sources = dict.fromkeys(source for op in ops for source in (op.triton_vjp_helpers if backward else op.triton_helpers))
+    sources = dict.fromkeys(source for op in ops for source in op.triton_helpers)
+    if backward:
+        sources.update(dict.fromkeys(source for op in ops for source in op.triton_vjp_helpers))
     return "".join("\n\n" + source for source in sources)
 
 
@@ -85,6 +93,7 @@ class GeneratedModule:
 
 
 REDUCTION_CONSTEXPRS = ("HEAD_DIM", "HEAD_DIM_PAD", "HEAD_SCALE", "BLOCK_N", "HAS_MASK", "DOT_DTYPE", "DOT_PRECISION")
+KEY_ROWS_CONSTEXPRS = ("HEAD_DIM", "HEAD_DIM_PAD", "HEAD_SCALE", "BLOCK_M", "HAS_MASK", "DOT_DTYPE", "DOT_PRECISION")
 ATTENTION_CONSTEXPRS = (
     "HEAD_DIM", "HEAD_DIM_PAD", "HEAD_SCALE", "BLOCK_M", "BLOCK_N", "HAS_MASK", "IS_CAUSAL", "DOT_DTYPE", "DOT_PRECISION",
 )
@@ -107,12 +116,14 @@ def generate(compiled: Compiled, sched: Schedule | None = None) -> GeneratedModu
         ir=_comment(format_ir(compiled.simplified)),
         schedule=_comment(format_schedule(sched) + "\n" + format_backward(plan)),
     )
-    source += helper_sources()
-    if plan.fused:
-        source += helper_sources(backward=True)
+    source += helper_sources(backward=plan.fused)
     kernels = []
     if sched.reduction is not None:
         text, interface = _reduction_kernel(sched, sched.reduction)
+        source += text
+        kernels.append(interface)
+    if sched.key_rows is not None:
+        text, interface = _key_rows_kernel(sched, sched.key_rows)
         source += text
         kernels.append(interface)
     text, interface = _attention_kernel(sched, sched.attention, plan)
@@ -121,16 +132,17 @@ def generate(compiled: Compiled, sched: Schedule | None = None) -> GeneratedModu
     if plan.fused:
         for name, text, params in generate_backward(sched, plan):
             source += text
-            grid = Grid.KEY_BLOCKS if name == KernelRole.BWD_KEYS else Grid.QUERY_BLOCKS if name in PER_BLOCK_BACKWARD_KERNELS else Grid.HEADS
-            kernels.append(KernelInterface(name, params, BACKWARD_CONSTEXPRS, grid, backward=True))
+            kernels.append(KernelInterface(name, params, BACKWARD_CONSTEXPRS, BACKWARD_GRIDS[name], backward=True))
     params = {p for k in kernels for p in k.params}
-    abi = ModuleABI(tuple(kernels), _buffers(params, sched, plan), compiled.simplified.causal, None if plan.fused else plan.reason)
+    writers = {p: sum(p in k.params for k in kernels) for p in params}
+    abi = ModuleABI(tuple(kernels), _buffers(params, writers, sched, plan), compiled.simplified.causal, None if plan.fused else plan.reason)
     return GeneratedModule(compiled.hash, sched, keep_what_is_called(source), abi, plan)
 
 
-def _buffers(params: set[str], sched: Schedule, plan: BackwardSchedule) -> tuple[Buffer, ...]:
+def _buffers(params: set[str], writers: dict[str, int], sched: Schedule, plan: BackwardSchedule) -> tuple[Buffer, ...]:
     """The buffers behind the kernels' pointer parameters, sized from the schedule and the
-    backward plan (template.py's offsets index them the same way)."""
+    backward plan (template.py's offsets index them the same way). An input's gradient is in
+    the inputs' dtype when one kernel writes it, else in fp32 (backward_template.STORE_OWN_ROWS)."""
     fp32, given = Element.FP32, Role.GIVEN
     softmaxes, contractions = (len(plan.softmaxes), len(plan.contractions)) if plan.fused else (0, 0)
     column_softmaxes = len(plan.column_softmaxes) if plan.fused else 0
@@ -138,19 +150,22 @@ def _buffers(params: set[str], sched: Schedule, plan: BackwardSchedule) -> tuple
     column_shares = column_softmaxes if plan.fused and plan.kind == BackwardKind.KEYS else 0
     declared = (
         *(Buffer(f"{n}_ptr", Element.INPUT, given) for n in ("q", "k", "v")),
-        Buffer("mask_ptr", Element.INT8, given, extent=None),  # [B, N], or one element without a mask
+        Buffer("mask_ptr", fp32, given, extent=None),  # [B, N] key bias (0 real, -inf padding), or one element without a mask
         Buffer("out_ptr", Element.INPUT, Role.OUTPUT),
-        Buffer("global_ptr", fp32, Role.STATE, Extent.STATE, len(sched.reductions)),
+        # zeroed: a reduction split over programs adds its shares into it
+        Buffer("global_ptr", fp32, Role.STATE, Extent.STATE, len(sched.reductions), zeroed=bool(sched.reduction and not sched.reduction.column_softmaxes)),
         Buffer("stats_ptr", fp32, Role.STATE, Extent.HEAD_DIM, 2 * len(sched.column_softmaxes)),  # max and sum
+        Buffer("key_rows_ptr", Element.INPUT, Role.STATE, Extent.TOKEN_ROWS, len(sched.key_rows.rows) if sched.key_rows else 0),
         Buffer("lse_ptr", fp32, Role.SAVED, Extent.TOKENS, softmaxes),
         Buffer("saved_ptr", fp32, Role.SAVED, Extent.TOKEN_ROWS, contractions),
         Buffer("dout_ptr", Element.INPUT, given),
-        Buffer("dcontraction_ptr", fp32, Role.SCRATCH, Extent.TOKEN_ROWS, contractions),
+        Buffer("dcontraction_ptr", Element.INPUT, Role.SCRATCH, Extent.TOKEN_ROWS, contractions),
         Buffer("delta_ptr", fp32, Role.SCRATCH, Extent.TOKENS, B.ROW_STAT_ROWS * softmaxes),
+        Buffer("dkey_rows_ptr", fp32, Role.SCRATCH, Extent.TOKEN_ROWS, len(key_side_cotangents(sched, plan)) if plan.fused and plan.key_chains else 0),
         Buffer("dcolumn_ptr", fp32, Role.SCRATCH, Extent.TOKEN_ROWS, column_shares, zeroed=True),
         Buffer("column_delta_ptr", fp32, Role.SCRATCH, Extent.HEAD_DIM, column_softmaxes),
         Buffer("dglobal_ptr", fp32, Role.SCRATCH, Extent.STATE, len(sched.reductions)),
-        *(Buffer(f"d{n}_ptr", fp32, Role.GRADIENT, zeroed=True) for n in ("q", "k", "v")),
+        *(Buffer(f"d{n}_ptr", Element.INPUT if writers.get(f"d{n}_ptr") == 1 else fp32, Role.GRADIENT) for n in ("q", "k", "v")),
     )
     missing = params - {b.name for b in declared} - set(SCALARS)
     assert not missing, f"kernel parameters without a buffer: {sorted(missing)}"
@@ -158,7 +173,10 @@ def _buffers(params: set[str], sched: Schedule, plan: BackwardSchedule) -> tuple
 
 
 # A top-level definition of the module: a jitted function, or a module constant.
-_DEFINITION = re.compile(r"^(?:@triton\.jit\ndef (?P<function>\w+)\(|(?P<constant>[A-Z_]+) = tl\.constexpr\()", re.M)
+_DEFINITION = re.compile(r"^(?:@triton\.jit\ndef (?P<function>\w+)\(|(?P<constant>[A-Z_][A-Z0-9_]*) = tl\.constexpr\()", re.M)
+
+
+_IDENTIFIER = re.compile(r"\b[A-Za-z_]\w*\b")
 
 
 def keep_what_is_called(source: str) -> str:
@@ -172,10 +190,9 @@ def keep_what_is_called(source: str) -> str:
     used, todo = set(), [name for name in spans if name not in helpers]  # from the kernels
     while todo:
         _, body, end = spans[todo.pop()]
-        for name in helpers - used:
-            if re.search(rf"\b{name}\b", source[body:end]):
-                used.add(name)
-                todo.append(name)
+        for name in (helpers - used) & set(_IDENTIFIER.findall(source, body, end)):
+            used.add(name)
+            todo.append(name)
     for start, _, end in sorted((spans[name] for name in helpers - used), reverse=True):
         source = source[:start] + source[end:]
     return re.sub(r"\n+(?=@triton\.jit\n)", "\n\n\n", source)  # two blank lines before each
@@ -207,10 +224,13 @@ def _reduction_kernel(sched: Schedule, kernel: ReductionKernel):
                 finish=[emitter.access(F.COLUMN_STATISTICS_FINISH, s=s, **_column_statistics_at(sched, s)) for s in kernel.column_softmaxes],
             )
         )
+    # Without column statistics (which need every token before the reductions), the tokens
+    # are shared out over programs (abi.Grid.TOKEN_SPLITS), each adding its sum to the states.
+    split = not kernel.column_softmaxes
     if kernel.reductions:
         passes.append(
-            T.TOKEN_LOOP.render(
-                f"pass {len(passes) + 1}: reduce over tokens",
+            (T.SHARE_LOOP if split else T.TOKEN_LOOP).render(
+                f"pass {len(passes) + 1}: reduce over " + ("this share of the tokens" if split else "tokens"),
                 init=[F.REDUCTION_INIT.format(r=r) for r in kernel.reductions],
                 sections=[
                     ("token values", [line for n in kernel.reduction_values for line in emitter.emit(n, KEY)]),
@@ -219,12 +239,25 @@ def _reduction_kernel(sched: Schedule, kernel: ReductionKernel):
                         for r in kernel.reductions
                     ]),
                 ],
-                finish=[emitter.access(F.REDUCTION_STORE, r=r, at=_state_at(sched, r)) for r in kernel.reductions],
+                finish=[emitter.access(F.REDUCTION_ADD if split else F.REDUCTION_STORE, r=r, at=_state_at(sched, r)) for r in kernel.reductions],
             )
         )
     params = emitter.params()
-    text = T.kernel(kernel.name, params, REDUCTION_CONSTEXPRS, T.Program.HEAD, "".join(passes))
-    return text, KernelInterface(kernel.name, params, REDUCTION_CONSTEXPRS, Grid.HEADS)
+    text = T.kernel(kernel.name, params, REDUCTION_CONSTEXPRS, T.Program.TOKEN_SPLIT if split else T.Program.HEAD, "".join(passes))
+    return text, KernelInterface(kernel.name, params, REDUCTION_CONSTEXPRS, Grid.TOKEN_SPLITS if split else Grid.HEADS)
+
+
+def _key_rows_kernel(sched: Schedule, kernel: KeyRowsKernel):
+    """Per token block: the key-side values the passes over keys read, written once."""
+    emitter = Emitter(sched.ir, sched.kinds)
+    count = len(kernel.rows)
+    body = T.section("key-side values", [line for n in kernel.values for line in emitter.emit(n, KEY)])
+    body += T.section("written as key rows", [
+        emitter.access(F.STORE_KEY_ROWS, v=r, at=T.token_rows_at(i, count, "rows_n")) for i, r in enumerate(kernel.rows)
+    ])
+    params = emitter.params()
+    text = T.kernel(kernel.name, params, KEY_ROWS_CONSTEXPRS, T.Program.TOKEN_BLOCK, body)
+    return text, KernelInterface(kernel.name, params, KEY_ROWS_CONSTEXPRS, Grid.TOKEN_BLOCKS)
 
 
 def _attention_kernel(sched: Schedule, kernel: AttentionKernel, plan: BackwardSchedule):
@@ -245,7 +278,7 @@ def _attention_kernel(sched: Schedule, kernel: AttentionKernel, plan: BackwardSc
     constexprs = ATTENTION_CONSTEXPRS + (("SAVE_FOR_BACKWARD",) if saves else ())
     body = T.section("global values", global_lines)
     body += T.section("query-side values", [line for n in kernel.query_values for line in emitter.emit(n, QUERY)])
-    body += "".join(_key_pass(ir, emitter, index + 1, p) for index, p in enumerate(kernel.key_passes))
+    body += "".join(_key_pass(sched, emitter, index + 1, p) for index, p in enumerate(kernel.key_passes))
     if saves:
         body += T.section("save for the backward: log-sum-exp of each softmax over keys, contraction values", _save_lines(emitter, plan))
     body += T.section("post values", [line for n in kernel.post_values for line in emitter.emit(n, QUERY)])
@@ -263,33 +296,43 @@ def _save_lines(emitter: Emitter, plan: BackwardSchedule) -> list[str]:
     return T.static_if("SAVE_FOR_BACKWARD", lines)
 
 
-def _key_pass(ir, emitter: Emitter, index: int, p: KeyPass) -> str:
-    sections = [
-        ("key-side values", [line for n in p.key_values for line in emitter.emit(n, KEY)]),
-        ("pair values", [line for n in p.pair_values for line in emitter.emit(n, PAIR)]),
-    ]
-    if p.kind == PassKind.STATISTICS:
-        return T.KEY_LOOP.render(
-            f"pass {index}: row statistics of {', '.join(p.softmaxes)}",
-            init=[F.ROW_STATISTICS_INIT.format(s=s) for s in p.softmaxes],
-            sections=sections + [
-                ("update row max and sum", [F.ROW_STATISTICS_UPDATE.format(s=s, x=var(ir.node(s).operands[0], PAIR)) for s in p.softmaxes])
-            ],
-            finish=[F.ROW_STATISTICS_FINISH.format(s=s) for s in p.softmaxes],
-        )
+def _key_pass(sched: Schedule, emitter: Emitter, index: int, p: KeyPass) -> str:
+    """One pass over the key blocks: its whole blocks, then the ones a mask cuts."""
+    ir = sched.ir
+    key_values = key_values_computed(sched, p)  # (or read, from the key-rows kernel)
     online = p.kind == PassKind.ONLINE
     s = p.softmaxes[0] if online else None
+    operands = [ir.node(c).operands for c in p.contractions]
+
+    def sections(mask: Mask) -> list:
+        with emitter.blocks(mask, KEY), emitter.reading_key_rows(sched.key_rows):
+            parts = [
+                ("key-side values", [line for n in key_values for line in emitter.emit(n, KEY)]),
+                ("pair values", [line for n in p.pair_values for line in emitter.emit(n, PAIR)]),
+            ]
+            if p.kind == PassKind.STATISTICS:
+                parts.append(("update row max and sum", [line for s in p.softmaxes for line in emitter.row_statistics_update(s)]))
+            elif online:  # the weights are 0 where the softmax's scores were masked
+                parts.append(("accumulate pair @ key rows (rescaled to the new row max)",
+                              [F.ACCUMULATE_ONLINE.format(c=c, s=s, p=var(a, PAIR), x=var(b, KEY)) for c, (a, b) in zip(p.contractions, operands)]))
+            else:
+                parts.append(("accumulate pair @ key rows",
+                              [F.ACCUMULATE.format(c=c, p=emitter.kept(var(a, PAIR), "0.0"), x=var(b, KEY)) for c, (a, b) in zip(p.contractions, operands)]))
+            return parts
+
+    if p.kind == PassKind.STATISTICS:
+        return T.KEY_LOOP.render_split(
+            f"pass {index}: row statistics of {', '.join(p.softmaxes)}",
+            init=[F.ROW_STATISTICS_INIT.format(s=s) for s in p.softmaxes],
+            sections=sections,
+            finish=[F.ROW_STATISTICS_FINISH.format(s=s) for s in p.softmaxes],
+        )
     init = [F.ROW_STATISTICS_INIT.format(s=s)] if online else []
     init += [F.ACCUMULATOR_INIT.format(c=c) for c in p.contractions]
-    accumulate = F.ACCUMULATE_ONLINE if online else F.ACCUMULATE
     finish = F.ACCUMULATOR_FINISH_ONLINE if online else F.ACCUMULATOR_FINISH
-    operands = [ir.node(c).operands for c in p.contractions]
-    return T.KEY_LOOP.render(
+    return T.KEY_LOOP.render_split(
         f"pass {index}: " + (f"online softmax {s}, " if online else "") + f"contractions {', '.join(p.contractions)} over keys",
         init=init,
-        sections=sections + [(
-            "accumulate pair @ key rows" + (" (rescaled to the new row max)" if online else ""),
-            [accumulate.format(c=c, s=s, p=var(a, PAIR), x=var(b, KEY)) for c, (a, b) in zip(p.contractions, operands)],
-        )],
+        sections=sections,
         finish=[finish.format(c=c, s=s) for c in p.contractions],
     )

@@ -26,7 +26,7 @@ from genomec.genome import AttentionGenome, Genome
 from .aot import DEFAULT_SPECIALISATION, compile_modules_ahead_of_time
 from .generate import GENERATOR_VERSION
 from .product import compile_graph
-from .tiles import backward_candidates, backward_config, default_config
+from .tiles import backward_config, default_config
 
 DTYPES = ("fp16", "bf16", "fp32")
 MANIFEST = "manifest.json"
@@ -111,12 +111,17 @@ def compile_genome(
     if arch and generated_modules:
         say(f"compiling {sum(len(g.kernels) for _, g, _ in generated_modules)} kernel(s) ahead of time for {arch} ({dtype}, head dim {head_dim})")
         results = compile_modules_ahead_of_time(
-            [(generated, module_file) for _, generated, module_file in generated_modules], arch=arch, dtype=dtype, head_dim=head_dim, config=config
+            [(generated, module_file) for _, generated, module_file in generated_modules], arch=arch, dtype=dtype, head_dim=head_dim, config=config,
+            retile=True,
         )
-        for (stage_kernels, _, _), resources in zip(generated_modules, results):
+        backward = backward_config(dtype, head_dim)
+        for (stage_kernels, generated, module_file), resources in zip(generated_modules, results):
             for record, r in zip(stage_kernels, resources):  # the records in the manifest, filled in place
                 record.update(_resources(r))
-        _retile_spilling_backwards(generated_modules, arch, dtype, head_dim, say)
+            fixed = [dataclasses.asdict(backward.for_grid(k.grid) if k.backward else config) for k in generated.kernels]
+            retiled = {"backward" if k.backward else "forward" for k, r, f in zip(generated.kernels, resources, fixed) if r.tiles != f}
+            for direction in sorted(retiled):
+                say(f"{module_file.name}: {direction} kernels spill with the default tiles; compiled with the first candidate that does not")
         for stage_kernels, first_kernels in repeated:
             for record, first in zip(stage_kernels, first_kernels):
                 record.update({key: value for key, value in first.items() if key not in record})
@@ -134,7 +139,7 @@ def compile_genome(
         "head_dim": head_dim,
         "tile_config": {"block_m": config.block_m, "block_n": config.block_n, "num_warps": config.num_warps, "num_stages": config.num_stages},
         "coverage": {"fused": fused, "backward_fused": backward_fused, "graphs": len(graphs)},
-        "backward_tile_config": dataclasses.asdict(backward_config(dtype, head_dim)),
+        "backward_tile_config": backward_config(dtype, head_dim).to_json(),
         "graphs": graphs,
     }
     write_atomic(out_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")
@@ -142,26 +147,9 @@ def compile_genome(
 
 
 def _resources(r) -> dict:
-    """A kernel's manifest fields from ahead-of-time compilation."""
-    return dict(registers=r.registers, spills=r.spills, stack=r.stack, shared_bytes=r.shared_bytes, compile_seconds=round(r.compile_seconds, 3))
-
-
-def _retile_spilling_backwards(generated_modules, arch: str, dtype: str, head_dim: int, say) -> None:
-    """A module whose backward kernels spill with the fixed backward tiles is compiled again
-    with the next candidates of the backward search space (the ones a GPU tunes over) until
-    one spills nothing; its backward kernel records then carry that `tile_config`."""
-    for stage_kernels, generated, module_file in generated_modules:
-        backward = [record for record in stage_kernels if record["direction"] == "backward"]
-        if not any(record.get("spills") for record in backward):
-            continue
-        for candidate in backward_candidates(dtype, head_dim)[1:]:
-            (resources,) = compile_modules_ahead_of_time([(generated, module_file)], arch=arch, dtype=dtype, head_dim=head_dim,
-                                                         backward=candidate, passes=("backward",))
-            if not any(r.spills for r in resources):
-                say(f"{module_file.name}: backward kernels spill with the default tiles; {candidate} does not")
-                for record, r in zip(backward, resources):
-                    record.update(_resources(r), tile_config=dataclasses.asdict(candidate))
-                break
+    """A kernel's manifest fields from ahead-of-time compilation, with the tiles it took."""
+    return dict(registers=r.registers, spills=r.spills, stack=r.stack, shared_bytes=r.shared_bytes, compile_seconds=round(r.compile_seconds, 3),
+                tile_config=r.tiles)
 
 
 def _triton_version() -> str:

@@ -277,8 +277,10 @@ def _mma_layouts(ttgir: str) -> dict:
     return layouts
 
 
-def ttgir_loop_dots(ttgir: str) -> list[list[Dot]]:
-    """The dots of each innermost `scf.for` that holds any, in order."""
+def ttgir_loops(ttgir: str) -> list[tuple[list[Dot], bool]]:
+    """The dots of each innermost `scf.for` that holds any, in order, each with whether the
+    loop runs unpipelined (`tt.num_stages = 1`: the generated kernels' loop over the few
+    blocks a mask cuts, after the loop over the whole blocks)."""
     layouts = _mma_layouts(ttgir)
     stack = []  # the open regions, innermost last
     found = []
@@ -289,7 +291,7 @@ def ttgir_loop_dots(ttgir: str) -> list[list[Dot]]:
                 break
             region = stack.pop()
             if region["for"] and region["dots"] and not region["inner"]:
-                found.append(region["dots"])
+                found.append((region["dots"], "tt.num_stages = 1 :" in line))
             if stack and region["for"]:
                 stack[-1]["inner"] |= bool(region["dots"]) or region["inner"]
             elif stack:  # a region inside a loop (scf.if, a reduction's body): its dots are the loop's
@@ -305,9 +307,15 @@ def ttgir_loop_dots(ttgir: str) -> list[list[Dot]]:
     return found
 
 
+def ttgir_loop_dots(ttgir: str) -> list[list[Dot]]:
+    """The dots of each innermost `scf.for` that holds any, in order."""
+    return [dots for dots, _ in ttgir_loops(ttgir)]
+
+
 def main_loop_dots(ttgir: str) -> list[Dot]:
-    """The dots of the innermost loop with the most multiply-accumulate work ([] if none)."""
-    loops_ = ttgir_loop_dots(ttgir)
+    """The dots of the innermost loop with the most multiply-accumulate work ([] if none);
+    of equals, a pipelined one (the whole blocks') before an unpipelined one."""
+    loops_ = [dots for dots, edge in ttgir_loops(ttgir) if not edge] or ttgir_loop_dots(ttgir)
     return max(loops_, key=lambda dots: sum(d.macs for d in dots)) if loops_ else []
 
 
@@ -338,25 +346,40 @@ def kernel_report(sass: str, ttgir: str, block_m: int, block_n: int, num_warps: 
     the MMA instructions and their shapes, loads by kind, the loop's dots with their
     duplication, and the same per element over every MMA loop (all passes). An unrolled
     SASS loop counts per iteration of the Triton loop (`unroll_factor`); the main loop is
-    the one with the most MMA work per such iteration."""
+    the one with the most MMA work per such iteration. A pass of the generated kernels is
+    two loops, over its whole blocks and then, unpipelined, over the few a mask cuts
+    (`ttgir_loops`): the second runs once or twice per program, and counts in neither the
+    main loop nor all loops' figure. SASS loops are matched to TTGIR loops in order when
+    there are as many of each, else by their MMA work."""
     threads = 32 * num_warps
     per_element = threads / (block_m * block_n)
-    ir_loops = ttgir_loop_dots(ttgir)
-    ir_work = [sum(d.macs * d.duplication for d in dots) for dots in ir_loops]
-    iterations = []  # (SASS loop, unroll, its TTGIR loop's dots), in listing order
-    for loop in mma_loops(parse_sass(sass)):
-        unroll, index = unroll_factor(mma_macs_per_thread(loop.instructions) * threads, ir_work)
-        iterations.append((loop, unroll, ir_loops[index] if index is not None else None))
-    if not iterations:
-        return {"main_loop": None, "mma_loops": 0}
-    loop, unroll, dots = max(iterations, key=lambda it: (mma_macs_per_thread(it[0].instructions) / it[1], -it[0].first))
+    ir_loops = ttgir_loops(ttgir)
+    ir_work = [sum(d.macs * d.duplication for d in dots) for dots, _ in ir_loops]
+    iterations = []  # (SASS loop, unroll, its TTGIR loop's dots, unpipelined), in listing order
+    listing = parse_sass(sass)
+    anywhere = count(listing.instructions)  # every instruction of the kernel, loops or not
+    everywhere = {"wgmma_anywhere": sum(anywhere.wgmma.values()), "mma_sync_anywhere": sum(anywhere.mma_sync.values())}
+    sass_loops = mma_loops(listing)
+    for position, loop in enumerate(sass_loops):
+        issued = mma_macs_per_thread(loop.instructions) * threads
+        if len(sass_loops) == len(ir_loops):
+            unroll, index = unroll_factor(issued, [ir_work[position]])
+            index = position if index is not None else None
+        else:
+            unroll, index = unroll_factor(issued, ir_work)
+        edge = index is not None and ir_loops[index][1]
+        iterations.append((loop, unroll, ir_loops[index][0] if index is not None else None, edge))
+    counted = [it for it in iterations if not it[3]] or iterations
+    if not counted:
+        return {"main_loop": None, "mma_loops": 0, **everywhere}
+    loop, unroll, dots, _ = max(counted, key=lambda it: (mma_macs_per_thread(it[0].instructions) / it[1], -it[0].first))
     dots = dots if dots is not None else main_loop_dots(ttgir)
     counts = count(loop.instructions)
     instructions = counts.instructions / unroll
     useful = sum(d.macs for d in dots)
     score = [d for d in dots if {d.m, d.n} == {block_m, block_n}][:1]  # the first: q k^T in every attention kernel
     return {
-        "mma_loops": len(iterations),
+        "mma_loops": len(counted),
         "main_loop": {
             "unroll": unroll,
             "instructions": round(instructions, 2),
@@ -375,5 +398,6 @@ def kernel_report(sass: str, ttgir: str, block_m: int, block_n: int, num_warps: 
             "mma_work_ratio": round(counts.mma_macs_per_thread / unroll * threads / useful, 3) if useful else None,
             "opcodes": _scaled(counts.opcodes, unroll),
         },
-        "instructions_per_element_all_loops": round(sum(count(l.instructions).instructions / u for l, u, _ in iterations) * per_element, 2),
+        "instructions_per_element_all_loops": round(sum(count(l.instructions).instructions / u for l, u, _, _ in counted) * per_element, 2),
+        **everywhere,  # the kernel's MMA instructions in or out of loops: no mma.sync may be left anywhere
     }

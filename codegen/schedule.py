@@ -71,10 +71,12 @@ class KernelRole(TextEnum):
     cache entry and the manifest)."""
 
     REDUCE_TOKENS = "reduce_tokens"  # forward, per (batch, head): the reductions over all tokens
+    KEY_ROWS = "key_rows"  # forward, per token block: the key-side values the passes over keys read
     ATTENTION = "attention_fwd"  # forward, per query block
     # the backward (backward_plan.py, backward_kernels.py)
     BWD_PREPARE = "attention_bwd_prepare"  # per query block: contractions' cotangents, softmax row terms
     BWD_KEYS = "attention_bwd_keys"  # per key block: the key side
+    BWD_KEY_ROWS = "attention_bwd_key_rows"  # per token block: back through the key-side values, after BWD_KEYS
     BWD_QUERIES = "attention_bwd_queries"  # per query block: the query side
     BWD_GLOBAL = "attention_bwd_global"  # per (batch, head): cotangents of the [d,d] states, column terms
     BWD_QUERY_ROWS = "attention_bwd_query_rows"  # per token block: the query rows' share (no key loop)
@@ -123,6 +125,21 @@ class ReductionKernel:
 
 
 @dataclass(frozen=True)
+class KeyRowsKernel:
+    """One program per token block, before the attention kernel: the key-side values that
+    the passes over keys would otherwise compute again for every query block (per-token
+    transforms of k and v that only products read), written once as token rows."""
+
+    name: KernelRole
+    rows: tuple[str, ...]  # the values written (a buffer of token rows each), read as key rows
+    values: tuple[str, ...]  # the token values that compute them, in order
+
+    @property
+    def passes(self) -> list[PassKind]:
+        return []  # no pass over tokens: each program computes its own rows
+
+
+@dataclass(frozen=True)
 class AttentionKernel:
     """One program per (batch, head, query block)."""
 
@@ -145,6 +162,7 @@ class Schedule:
     reason: str | None = None  # why not fused
     needs_stage: str | None = None  # not fused because this value needs a stage of its own
     reduction: ReductionKernel | None = None
+    key_rows: KeyRowsKernel | None = None
     attention: AttentionKernel | None = None
     column_softmaxes: tuple[str, ...] = ()  # indices into the statistics buffer
     reductions: tuple[str, ...] = ()  # indices into the global buffer
@@ -152,7 +170,7 @@ class Schedule:
 
     @property
     def kernels(self) -> list:
-        return [k for k in (self.reduction, self.attention) if k is not None]
+        return [k for k in (self.reduction, self.key_rows, self.attention) if k is not None]
 
     def stages(self) -> list[dict]:
         """What `genomec compile` reports: one stage per kernel, in launch order."""
@@ -160,7 +178,9 @@ class Schedule:
 
 
 def _grid_text(kernel) -> str:
-    return "batch x heads" if isinstance(kernel, ReductionKernel) else "batch x heads x query blocks"
+    if isinstance(kernel, ReductionKernel):
+        return "batch x heads"
+    return "batch x heads x token blocks" if isinstance(kernel, KeyRowsKernel) else "batch x heads x query blocks"
 
 
 def schedule(ir: IR) -> Schedule:
@@ -255,9 +275,10 @@ def _needs_global(ir: IR, kinds: dict, node_id: str, with_statistics: bool) -> b
     return any(kinds.get(a) in wanted for a in nx.ancestors(ir.graph, node_id) | {node_id})
 
 
-def token_closure(ir: IR, kinds: dict[str, NodeKind], roots) -> tuple[str, ...]:
+def token_closure(ir: IR, kinds: dict[str, NodeKind], roots, loaded=frozenset()) -> tuple[str, ...]:
     """The pre token values (and column softmaxes) needed to compute `roots`, in order;
-    stops at global values, which are loaded. (A kernel's values for the rows it holds: the
+    stops at global values, which are loaded, and at `loaded` values (read from a buffer,
+    not computed from their operands). (A kernel's values for the rows it holds: the
     backward recomputes them the same way, so it is public; it reads the scheduler's kinds,
     so it lives here rather than in ir.analysis.)"""
     needed: set[str] = set()
@@ -267,8 +288,35 @@ def token_closure(ir: IR, kinds: dict[str, NodeKind], roots) -> tuple[str, ...]:
         if n in needed or kinds[n] not in TOKEN_KINDS:
             continue
         needed.add(n)
-        stack.extend(ir.node(n).operands)
+        if n not in loaded:
+            stack.extend(ir.node(n).operands)
     return tuple(n for n in ir.order() if n in needed)
+
+
+def key_values_computed(sched: Schedule, key_pass: KeyPass) -> tuple[str, ...]:
+    """The key-side values a pass over key blocks computes (or, the key-rows kernel's,
+    reads) for each key block: what its scores and contractions read as keys."""
+    loaded = sched.key_rows.rows if sched.key_rows else ()
+    return token_closure(sched.ir, sched.kinds, _key_operands(sched.ir, key_pass.pair_values, key_pass.contractions), loaded)
+
+
+def _key_rows(ir: IR, kinds: dict, key_passes) -> KeyRowsKernel | None:
+    """The key-side values worth computing once per token (`KeyRowsKernel`): the key side
+    of the passes' scores and contractions that is computed (more than an input, transposed
+    or not), read by products only (a matmul takes them in the inputs' dtype, as it would
+    round them itself), and needs no global value."""
+    def computed(n: str) -> bool:
+        return any(ir.node(a).op not in (INPUT_OP, "transpose") for a in token_closure(ir, kinds, [n]))
+
+    def read_by_products(n: str) -> bool:
+        consumers = [c for c, node in ir.nodes() if n in node.operands]
+        return all(ir.node(c).op == "matmul" for c in consumers)
+
+    roots = dict.fromkeys(r for p in key_passes for r in _key_operands(ir, p.pair_values, p.contractions))
+    rows = tuple(r for r in roots if computed(r) and read_by_products(r) and not _needs_global(ir, kinds, r, with_statistics=True))
+    if not rows:
+        return None
+    return KeyRowsKernel(KernelRole.KEY_ROWS, rows, token_closure(ir, kinds, rows))
 
 
 def _pair_closure(ir: IR, kinds: dict, roots) -> tuple[str, ...]:
@@ -395,6 +443,7 @@ def _plan(ir: IR) -> Schedule:
         ir,
         fused=True,
         reduction=reduction,
+        key_rows=_key_rows(ir, kinds, key_passes),
         attention=attention,
         column_softmaxes=column_softmaxes,
         reductions=reductions,
@@ -416,6 +465,11 @@ def format_schedule(sched: Schedule) -> str:
         if r.reductions:
             lines.append(f"  pass reduce over tokens: {', '.join(r.reductions)}")
             lines.append(f"    token values: {', '.join(r.reduction_values)}")
+    if sched.key_rows:
+        k = sched.key_rows
+        lines.append(f"kernel {k.name}  grid: batch x heads x token blocks")
+        lines.append(f"  key rows written: {', '.join(k.rows)}")
+        lines.append(f"    token values: {', '.join(k.values)}")
     a = sched.attention
     lines.append(f"kernel {a.name}  grid: batch x heads x query blocks")
     if a.globals_loaded or a.global_values:
@@ -429,7 +483,9 @@ def format_schedule(sched: Schedule) -> str:
         else:
             what = f"accumulate {', '.join(p.contractions)}"
         lines.append(f"  pass over key blocks ({what})")
-        lines.append(f"    key-side values: {', '.join(p.key_values) or '-'}")
+        loaded = sched.key_rows.rows if sched.key_rows else ()
+        key_values = [f"{v} (read)" if v in loaded else v for v in key_values_computed(sched, p)]
+        lines.append(f"    key-side values: {', '.join(key_values) or '-'}")
         lines.append(f"    pair values: {', '.join(p.pair_values) or '-'}")
     lines.append(f"  post values: {', '.join(a.post_values) or '-'}")
     lines.append(f"  output: {sched.ir.output}")

@@ -38,18 +38,30 @@ HEADER = '''\
     t3_i   query rows of a value        [BLOCK_M, HEAD_DIM_PAD]
     t3_j   key (or token) rows          [BLOCK_N, HEAD_DIM_PAD]; a [d,N] value is held transposed
     t3_ij  pair tile, query x key       [BLOCK_M, BLOCK_N], registers only, never stored
+    t3_ji  pair tile held key x query   [BLOCK_N, BLOCK_M] (the key-block backward kernel)
     t3_g   global value                 [HEAD_DIM_PAD, HEAD_DIM_PAD]
     dt3_*  cotangent of t3 (backward kernels), same rows and shape as t3_*
-    keep   pairs that take part: key inside the sequence, not padding, and (causal) key <= query
+    keep   pairs that take part: key inside the sequence, not padding, and (causal) key <= query;
+           only blocks at the sequence's end or on the causal diagonal build it, whole blocks
+           take a padding mask as key_bias (0 for a real key, -inf for a padded one)
     dim_ok real head-dim columns (HEAD_DIM of HEAD_DIM_PAD)
     rows_m where the query rows held start in one head's [N, HEAD_DIM] (rows_n: key rows)
-Inputs are contiguous [B, H, N, HEAD_DIM]; everything is computed in fp32.
+Inputs are contiguous [B, H, N, HEAD_DIM]. An input that only products read stays in its
+dtype; everything else is computed in fp32. Softmaxes over keys work in base 2 (exp2, their
+log-sum-exp in log2 units), with the scores' constant factor folded in.
 """
+
+import os
 
 import triton
 import triton.language as tl
 
+# Compiled for a GPU, or run by Triton's interpreter (fixed when the module is imported): the
+# hardware's approximations (inline PTX) exist only in the first
+COMPILED = tl.constexpr(os.environ.get("TRITON_INTERPRET") != "1")
 ROW_MAX_START = tl.constexpr(-1.0e30)  # running max before any key: finite, so rescaling never makes NaN
+LOG2E = tl.constexpr(1.4426950408889634)  # exp(x) = exp2(x * LOG2E)
+LN2 = tl.constexpr(0.6931471805599453)  # log(x) = log2(x) * LN2
 NORM_EPS = tl.constexpr(1e-6)  # cos clamps each row norm below at this (SPEC 2.3)
 SQUARED_DISTANCE_EPS = tl.constexpr(1e-12)  # euc clamps squared distances below at this
 # For x == y, |x|^2 + |y|^2 - 2<x, y> with an fp32 (tf32x3) dot rounds to at most 2^-19.2 of
@@ -60,11 +72,36 @@ DISTANCE_NOISE = tl.constexpr(2.0**-16)
 
 @triton.jit
 def _real_tokens(mask_ptr, batch, seq_len, offs, HAS_MASK: tl.constexpr):
-    # Tokens inside the sequence and, with a key-padding mask, not padding.
+    # Tokens inside the sequence and, with a key-padding mask, not padding (the mask
+    # buffer holds each token's key bias: 0 for a real token, -inf for padding).
     ok = offs < seq_len
     if HAS_MASK:
-        ok = ok & (tl.load(mask_ptr + batch * seq_len + offs, mask=ok, other=0) != 0)
+        ok = ok & (tl.load(mask_ptr + batch * seq_len + offs, mask=ok, other=float("-inf")) == 0)
     return ok
+
+
+@triton.jit
+def _key_bias(mask_ptr, batch, seq_len, offs, HAS_MASK: tl.constexpr):
+    # The key bias of tokens inside the sequence: 0 for a real one, -inf for padding.
+    if HAS_MASK:
+        return tl.load(mask_ptr + batch * seq_len + offs)
+    return tl.zeros(offs.shape, tl.float32)
+
+
+@triton.jit
+def _kept(x, keep, other, MASKED: tl.constexpr):
+    # x where keep holds, else other; x as it is when nothing is masked.
+    if MASKED:
+        return tl.where(keep, x, other)
+    return x
+
+
+@triton.jit
+def _biased(x, bias, MASKED: tl.constexpr):
+    # x plus a per-key bias (-inf at a padded key); x as it is without a mask.
+    if MASKED:
+        return x + bias
+    return x
 
 
 @triton.jit
@@ -90,8 +127,8 @@ class Access(str):
 
 # Pointer parameters in the order kernels take them (a kernel takes those its pieces name).
 POINTERS = (
-    "q_ptr", "k_ptr", "v_ptr", "mask_ptr", "out_ptr", "global_ptr", "stats_ptr", "lse_ptr", "saved_ptr", "dout_ptr",
-    "dcontraction_ptr", "delta_ptr", "dcolumn_ptr", "column_delta_ptr", "dglobal_ptr", "dq_ptr", "dk_ptr", "dv_ptr",
+    "q_ptr", "k_ptr", "v_ptr", "mask_ptr", "out_ptr", "global_ptr", "stats_ptr", "key_rows_ptr", "lse_ptr", "saved_ptr", "dout_ptr",
+    "dcontraction_ptr", "delta_ptr", "dkey_rows_ptr", "dcolumn_ptr", "column_delta_ptr", "dglobal_ptr", "dq_ptr", "dk_ptr", "dv_ptr",
 )
 
 
@@ -137,15 +174,20 @@ class Rows:
     block: str  # BLOCK_M or BLOCK_N
     ok: str  # query_ok, key_ok or token_ok
 
-    def lines(self, start: str) -> list[str]:
-        """The rows from token `start` on: indices, row offsets, in range, taking part."""
+    def lines(self, start: str, whole: bool = False) -> list[str]:
+        """The rows from token `start` on: indices, row offsets, in range, taking part; of a
+        whole block (`whole`: every row in range), the indices and offsets only."""
         a = self.axis
         # The offsets and the in-range mask are per row ([rows, 1]); loads and stores add
         # offs_d and dim_ok where they use them. Named [rows, d] tiles would stay live in
         # registers from the prologue to the last store (measured: up to 4 more per thread).
-        return [
+        lines = [
             f"offs_{a} = {start} + tl.arange(0, {self.block})",
             f"rows_{a} = offs_{a}[:, None] * HEAD_DIM  # where each row starts in a head's [N, HEAD_DIM]",
+        ]
+        if whole:
+            return lines
+        return lines + [
             f"rows_{a}_ok = offs_{a}[:, None] < seq_len",
             f"{self.ok} = _real_tokens(mask_ptr, batch, seq_len, offs_{a}, HAS_MASK)",
         ]
@@ -168,32 +210,49 @@ class Program(TextEnum):
     QUERY_BLOCK = "one query block of one (batch, head)"
     KEY_BLOCK = "one key block of one (batch, head)"
     TOKEN_BLOCK = "one token block of one (batch, head)"
+    TOKEN_SPLIT = "one share of the tokens of one (batch, head)"
     HEAD = "all tokens of one (batch, head)"
 
 
-# What a blocked program owns: its rows, its block id, and what follows them (how far its loop
-# over the other side runs when causal, or the same tokens held as key rows too).
+# What a blocked program owns: its rows, its block id, and what follows them: for a loop
+# over the other side's blocks, how far it runs and which of its blocks are whole (every
+# pair in range, and causal, on the visible side of the diagonal), or the same tokens held
+# as key rows too.
 _OWNED = {
     Program.QUERY_BLOCK: (QUERY_ROWS, "block_m", [
         "key_end = seq_len",
+        "key_full_end = seq_len // BLOCK_N * BLOCK_N  # key blocks before it are whole",
         "if IS_CAUSAL:",
         "    key_end = tl.minimum(seq_len, (block_m + 1) * BLOCK_M)  # later key blocks are masked for every row",
+        "    key_full_end = tl.minimum(key_full_end, block_m * BLOCK_M // BLOCK_N * BLOCK_N)  # and no key after a query",
     ]),
     Program.KEY_BLOCK: (KEY_ROWS, "block_n", [
-        "query_begin = 0",
+        "query_begin = 0  # the first query block that sees a key of this block",
+        "query_full_begin = 0  # query blocks from here on see every key of this block",
+        "query_full_end = seq_len // BLOCK_M * BLOCK_M  # query blocks before it are whole",
+        "query_edge_begin = query_full_end  # the first masked block",
         "if IS_CAUSAL:",
-        "    query_begin = (block_n * BLOCK_N // BLOCK_M) * BLOCK_M  # earlier query blocks see none of these keys",
+        "    query_begin = block_n * BLOCK_N // BLOCK_M * BLOCK_M  # earlier query blocks see none of these keys",
+        "    query_full_begin = tl.cdiv((block_n + 1) * BLOCK_N - 1, BLOCK_M) * BLOCK_M",
+        "    query_edge_begin = query_begin  # masked blocks on the diagonal, then at the end",
     ]),
     Program.TOKEN_BLOCK: (QUERY_ROWS, "block_m", SAME_TOKENS),
 }
+# A share of a head's tokens (abi.reduction_splits: as many shares as programs on grid axis
+# 0), a whole number of token blocks each.
+_SHARE = [
+    "share = tl.cdiv(tl.cdiv(seq_len, tl.num_programs(0)), BLOCK_N) * BLOCK_N  # tokens a program sums",
+    "token_begin = tl.program_id(0) * share",
+    "token_end = tl.minimum(seq_len, token_begin + share)",
+]
 
 
 def prologue(program: Program) -> list[str]:
     """The program's ids, its (batch, head), the head-dim columns, and the rows it owns."""
-    owned = _OWNED.get(program)  # None: a program of all tokens of a head
+    owned = _OWNED.get(program)  # None: a program of all tokens of a head, or of a share of them
     lines = [f"# -- program: {program} --"] + ([f"{owned[1]} = tl.program_id(0)"] if owned else [])
     lines += [
-        f"batch_head = tl.program_id({1 if owned else 0})",
+        f"batch_head = tl.program_id({1 if owned or program is Program.TOKEN_SPLIT else 0})",
         "batch = batch_head // num_heads",
         "head_offset = batch_head.to(tl.int64) * seq_len * HEAD_DIM",
         "offs_d = tl.arange(0, HEAD_DIM_PAD)",
@@ -202,49 +261,109 @@ def prologue(program: Program) -> list[str]:
     if owned:
         rows, block, tail = owned
         lines += rows.lines(f"{block} * {rows.block}") + tail
+    if program is Program.TOKEN_SPLIT:
+        lines += _SHARE
     return lines
 
 
 # -- one loop over token blocks ------------------------------------------------------------
 
-# Which pairs take part in a pair tile. The forward keeps every query row (rows are
-# independent there, and a padded query row's output is set to 0 at the store; masking it
-# too would only leave it an empty softmax); the backward drops the padded query rows as
-# well, since their output is a constant and nothing may flow back from them into the keys.
+
+class Mask(TextEnum):
+    """How the pair tiles of the blocks a loop body is emitted for are masked (emit.Emitter)."""
+
+    EDGE = "edge"  # blocks at the end of the sequence or on the causal diagonal: the whole keep tile
+    PADDING = "padding"  # whole blocks: only padded keys, when the kernel has a mask (HAS_MASK)
+    NONE = "none"  # whole blocks of a kernel that drops its padded keys' rows afterwards: nothing
+
+
+# Which pairs take part in a pair tile at an edge block. The forward keeps every query row
+# (rows are independent there, and a padded query row's output is set to 0 at the store;
+# masking it too would only leave it an empty softmax); the backward drops the padded query
+# rows as well, since their output is a constant and nothing may flow back from them into
+# the keys. The key-block kernel holds its pair tiles key x query.
 FORWARD_KEEP = "keep = (offs_m[:, None] >= 0) & key_ok[None, :]"  # (the comparison only broadcasts to a tile)
 BACKWARD_KEEP = "keep = query_ok[:, None] & key_ok[None, :]"
+BACKWARD_KEEP_T = "keep = key_ok[:, None] & query_ok[None, :]"
 CAUSAL_KEEP = ["if IS_CAUSAL:", "    keep = keep & (offs_n[None, :] <= offs_m[:, None])"]
+CAUSAL_KEEP_T = ["if IS_CAUSAL:", "    keep = keep & (offs_n[:, None] <= offs_m[None, :])"]
+# A whole block of a query-block kernel with a padding mask: padded keys' bias and keep.
+PADDING_KEEP = [
+    "key_bias = _key_bias(mask_ptr, batch, seq_len, offs_n, HAS_MASK)",
+    "keep = key_bias[None, :] == 0  # (read only with a mask, HAS_MASK)",
+]
 
 
 @dataclass(frozen=True)
 class Loop:
     """A loop over the blocks of `rows` from `begin` to `end` (token indices), with the
-    pair mask `keep` when the program holds the other side's rows."""
+    pair mask `keep` when the program holds the other side's rows.
+
+    A loop over pairs with `whole` blocks runs twice (`render_split`): over the whole blocks
+    (`whole`: their begin and end) with no mask but a padding mask's (`Mask.PADDING`, or
+    `Mask.NONE` when the kernel drops padded keys afterwards), then over the rest of
+    [begin, end) with the keep tile (`Mask.EDGE`), one block at a time."""
 
     rows: Rows
     begin: str = "0"
     end: str = "seq_len"
     keep: str | None = None  # FORWARD_KEEP or BACKWARD_KEEP: a loop over pairs
     same_tokens: bool = False  # the block is also held as query rows (SAME_TOKENS)
+    whole: tuple[str, str] | None = None  # the whole blocks' range
+    whole_mask: Mask = Mask.PADDING
+    causal_keep: tuple[str, ...] = tuple(CAUSAL_KEEP)
+
+    @property
+    def start(self) -> str:
+        return {"m": "query_start", "n": "key_start"}[self.rows.axis] if self.keep else "token_start"
+
+    def _header(self) -> list[str]:
+        rows = self.rows if not self.same_tokens else QUERY_ROWS
+        header = rows.lines(self.start) + (SAME_TOKENS if self.same_tokens else [])
+        if self.keep:
+            header += [self.keep, *self.causal_keep]
+        return header
+
+    @staticmethod
+    def _body(header, sections) -> str:
+        body = [indent(header, 8)] + [f"        # -- {name} --\n" + indent(lines, 8) for name, lines in sections]
+        return "\n".join(body) + "\n"
 
     def render(self, title: str, init, sections, finish=()) -> str:
         """`init` before the loop, `sections` ((title, lines) each) inside it, `finish` after."""
-        start = {"m": "query_start", "n": "key_start"}[self.rows.axis] if self.keep else "token_start"
         rows = self.rows if not self.same_tokens else QUERY_ROWS
-        header = rows.lines(start) + (SAME_TOKENS if self.same_tokens else [])
-        if self.keep:
-            header += [self.keep] + CAUSAL_KEEP
-        body = [indent(header, 8)]
-        body += [f"        # -- {name} --\n" + indent(lines, 8) for name, lines in sections]
         text = f"\n    # -- {title} --\n" + (indent(init, 4) + "\n" if init else "")
-        text += f"    for {start} in range({self.begin}, {self.end}, {rows.block}):\n" + "\n".join(body) + "\n"
+        text += f"    for {self.start} in range({self.begin}, {self.end}, {rows.block}):\n" + self._body(self._header(), sections)
+        return text + (indent(finish, 4) + "\n" if finish else "")
+
+    def render_split(self, title: str, init, sections, finish=()) -> str:
+        """As `render`, with `sections` a function of the Mask of the blocks: the whole blocks'
+        loop, then the edge blocks' (the keep tile; not software-pipelined: there are few)."""
+        begin, end = self.whole
+        whole_header = self.rows.lines(self.start, whole=True) + (PADDING_KEEP if self.whole_mask is Mask.PADDING else [])
+        text = f"\n    # -- {title} --\n" + (indent(init, 4) + "\n" if init else "")
+        text += f"    for {self.start} in range({begin}, {end}, {self.rows.block}):  # whole blocks\n"
+        text += self._body(whole_header, sections(self.whole_mask))
+        edge = self._body(self._header(), sections(Mask.EDGE))
+        if self.begin == begin:  # the edge blocks follow the whole ones
+            text += f"    for {self.start} in tl.range({end}, {self.end}, {self.rows.block}, num_stages=1):  # the blocks left: masked\n"
+        else:  # edge blocks on both sides (a key block's causal diagonal, the sequence's end): skip the whole ones
+            text += f"    for {self.start} in tl.range({self.begin}, {self.end}, {self.rows.block}, num_stages=1):  # the blocks left: masked\n"
+            text += f"        if ({self.start} < {begin}) | ({self.start} >= {end}):\n"
+            edge = indent([edge.rstrip("\n")], 4) + "\n"
+        text += edge
         return text + (indent(finish, 4) + "\n" if finish else "")
 
 
-KEY_LOOP = Loop(KEY_ROWS, end="key_end", keep=FORWARD_KEEP)  # the forward's, in a query-block program
-BACKWARD_KEY_LOOP = Loop(KEY_ROWS, end="key_end", keep=BACKWARD_KEEP)
-QUERY_LOOP = Loop(QUERY_ROWS, begin="query_begin", keep=BACKWARD_KEEP)  # in a key-block program
+KEY_LOOP = Loop(KEY_ROWS, end="key_end", keep=FORWARD_KEEP, whole=("0", "key_full_end"))  # the forward's, in a query-block program
+BACKWARD_KEY_LOOP = Loop(KEY_ROWS, end="key_end", keep=BACKWARD_KEEP, whole=("0", "key_full_end"))
+# The key-block kernel's, its pair tiles key x query. Its whole blocks mask nothing: the
+# kernel zeroes its padded keys' accumulators after the loop (a padded key's row of the tile
+# reaches only its own accumulators), and padded queries' cotangents are 0.
+QUERY_LOOP = Loop(QUERY_ROWS, begin="query_edge_begin", keep=BACKWARD_KEEP_T, whole=("query_full_begin", "query_full_end"),
+                  whole_mask=Mask.NONE, causal_keep=tuple(CAUSAL_KEEP_T))
 TOKEN_LOOP = Loop(TOKEN_ROWS)  # the reduction kernel's, in a head program
+SHARE_LOOP = Loop(TOKEN_ROWS, begin="token_begin", end="token_end")  # in a program of a share of the tokens
 TOKEN_ROWS_LOOP = Loop(QUERY_ROWS, same_tokens=True)  # the backward's passes over a head's tokens
 
 

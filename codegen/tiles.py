@@ -1,10 +1,17 @@
 """Tile configurations of the generated kernels: the autotuning search spaces and the
 defaults (which ahead-of-time compilation also uses), for the forward (`candidates`,
-`default_config`) and, apart, for the backward (`backward_candidates`, `backward_config`)."""
+`default_config`) and, apart, for the backward (`backward_candidates`, `backward_config`),
+whose key-block kernel and query-block kernels have tiles of their own (`BackwardTiles`).
+
+Every candidate gives each warp 16 rows or more of the score tile (BLOCK_M >= 16 x warps;
+the key-block kernel's tile is BLOCK_N keys x BLOCK_M queries, so BLOCK_N there): with
+fewer, warps compute the same scores twice. Hopper's warpgroup MMA (`wgmma`) needs 64 rows
+per group of 4 warps.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 
 @dataclass(frozen=True)
@@ -30,6 +37,32 @@ class TileConfig:
         return text + (f" registers<={self.max_registers}" if self.max_registers is not None else "")
 
 
+@dataclass(frozen=True)
+class BackwardTiles:
+    """The backward kernels' tiles, FlashAttention-2's split: `keys` for the key-block kernel
+    (BLOCK_N keys per program, the M side of its products; BLOCK_M queries a step), `queries`
+    for the query-block kernels (BLOCK_M queries per program; BLOCK_N keys a step: prepare,
+    the queries kernel) and the per-head one, `rows` for the per-token ones."""
+
+    keys: TileConfig
+    queries: TileConfig
+    rows: TileConfig
+
+    def for_grid(self, grid: str) -> TileConfig:
+        """The tiles of a kernel launched over `grid` (abi.Grid)."""
+        return {"key blocks": self.keys, "token blocks": self.rows}.get(str(grid), self.queries)
+
+    def to_json(self) -> dict:
+        return {"keys": asdict(self.keys), "queries": asdict(self.queries), "rows": asdict(self.rows)}
+
+    @classmethod
+    def from_json(cls, record: dict) -> BackwardTiles:
+        return cls(TileConfig(**record["keys"]), TileConfig(**record["queries"]), TileConfig(**record["rows"]))
+
+    def __str__(self) -> str:
+        return f"keys: {self.keys}; queries: {self.queries}; token rows: {self.rows}"
+
+
 # tl.dot input precision per input dtype: fp32 products via three tf32 passes (plain tf32
 # would cost three decimal digits, "ieee" spills on tensor-core GPUs); for fp16/bf16
 # operands the flag has no effect.
@@ -41,87 +74,98 @@ def head_dim_pad(head_dim: int) -> int:
     return max(16, 1 << (head_dim - 1).bit_length())
 
 
-# Defaults measured with `genomec compile --arch sm_90` (Triton 3.9) over the zoo, plain and
-# causal, compiled as a launch compiles them (aot.Specialisation: aligned pointers, N a
-# multiple of 16): zero spills for fp16/bf16 at head dims up to 128 (8 warps keep the register
-# tiles per thread small). They also serve ahead-of-time compilation and the first guess
-# before tuning.
-SMALL_HEAD_CONFIG = TileConfig(64, 64, 8, 2)  # head dim <= 64: at most 183 registers
-LARGE_HEAD_CONFIG = TileConfig(64, 32, 8, 2)  # head dim 65..128 (and fp32, which has no fast tensor-core path): 202
-HUGE_HEAD_CONFIG = TileConfig(32, 32, 8, 1)  # head dim > 128
+def duplicated(config: TileConfig, key_blocks: bool = False) -> bool:
+    """True when warps would compute the same scores: fewer than 16 score rows per warp (the
+    score tile's rows are BLOCK_N in a key-block kernel, BLOCK_M elsewhere)."""
+    rows = config.block_n if key_blocks else config.block_m
+    return rows < 16 * config.num_warps
+
+
+ALL_REGISTERS = 255  # the most a thread can hold: ptxas takes what the kernel needs
+
+# Forward tiles, compiled for sm_90 (Triton 3.9) as a launch compiles them (aot.Specialisation:
+# aligned pointers, N a multiple of 16) over the zoo at fp16/bf16, head dims 48, 64 and 128:
+# the first of each space, the default, spills for none of it and leads the search on a GPU
+# (ahead-of-time compilation checks it; a module whose kernels spill with it takes the
+# first candidate that does not: aot.compile_job). The comments give registers without a
+# padding mask, and main-loop instructions per score element of standard attention at bf16
+# (benchmarks/results/cpu/kernel_static.md); a GPU times the candidates.
+SMALL_HEAD_SPACE = (  # head dim <= 64
+    TileConfig(128, 64, 4, 3),  # FlashAttention's Hopper tile: standard attention 226 registers, the suite 255
+    TileConfig(128, 128, 8, 2),  # standard attention 170 registers, 7.25 instructions per score (7.94 above)
+    TileConfig(128, 64, 8, 2),
+    TileConfig(64, 64, 4, 3),
+    TileConfig(128, 32, 4, 3),
+)
+LARGE_HEAD_SPACE = (  # head dim 65..128 (and fp32, which has no fast tensor-core path)
+    TileConfig(128, 64, 8, 2),  # standard attention 186 registers, the suite 226
+    TileConfig(128, 128, 8, 2),  # standard attention 230 registers, 8.30 instructions per score (11.12 above)
+    TileConfig(64, 64, 4, 2),
+    TileConfig(128, 32, 8, 2),
+    TileConfig(64, 32, 4, 2),
+)
+HUGE_HEAD_SPACE = (TileConfig(64, 32, 4, 1), TileConfig(64, 16, 4, 1))  # head dim > 128 (not measured)
 INTERPRETER_CONFIG = TileConfig(32, 32, 1, 1)  # CPU interpreter: tile sizes only change the step count
 
-SEARCH_SPACE = (  # the most registers a forward kernel of the zoo takes at head dim 64 / 128
-    TileConfig(64, 64, 8, 2),  # 183 / 238
-    TileConfig(64, 64, 4, 3),  # 238 / spills (up to 1 KB: the paper's layer 3, differential attention)
-    TileConfig(128, 64, 8, 2),  # 232 / 255, and Triton 3.6 spills 24 bytes (causal Euclidean attention)
-    TileConfig(64, 32, 8, 2),  # 140 / 202
-    TileConfig(64, 32, 4, 3),  # 165 / 239
-    TileConfig(128, 32, 8, 3),  # 172 / 232
-)
-MAX_PAIR_ELEMENTS_PER_THREAD = 16  # at head dims 65..128: larger pair tiles per thread spill
+
+def candidates(head_dim: int, dtype: str = "bf16") -> tuple[TileConfig, ...]:
+    """The forward search space for a head dim (and dtype): the default first."""
+    pad = head_dim_pad(head_dim)
+    if pad > 128:
+        return HUGE_HEAD_SPACE
+    if pad > 64 or dtype == "fp32":
+        return LARGE_HEAD_SPACE
+    return SMALL_HEAD_SPACE
 
 
 def default_config(dtype: str, head_dim: int) -> TileConfig:
-    pad = head_dim_pad(head_dim)
-    if pad > 128:
-        return HUGE_HEAD_CONFIG
-    if pad > 64 or dtype == "fp32":
-        return LARGE_HEAD_CONFIG
-    return SMALL_HEAD_CONFIG
+    return candidates(head_dim, dtype)[0]
 
 
-# The backward kernels hold more tiles at once (recomputed pair values and their cotangents,
-# the key-side accumulators), so they get tiles of their own, tuned on a GPU apart from the
-# forward's. Each candidate was compiled with `genomec compile --arch sm_90` (Triton 3.9) as
-# a launch compiles it (aot.Specialisation: aligned pointers, N a multiple of 16) for every
-# backward kernel of the zoo, plain and causal, and kept only with zero spills at its dtype
-# and head dim, fp16 and bf16 alike; the comments give the most registers a kernel takes.
-# The first of each space is the fixed choice (ahead-of-time compilation, first guess).
-ALL_REGISTERS = 255  # the most a thread can hold: ptxas takes what the kernel needs
-HALF_SMALL_HEAD_BACKWARD = (  # fp16/bf16, head dim <= 64 (64 x 16 no longer spills uncapped either: 186)
-    TileConfig(64, 16, 8, 1, ALL_REGISTERS),  # 186 registers
-    TileConfig(64, 16, 8, 2, ALL_REGISTERS),  # 208
-    TileConfig(32, 32, 8, 1, ALL_REGISTERS),  # 244
-    TileConfig(32, 16, 8, 1, ALL_REGISTERS),  # 235
-)  # 64 x 32 (8 warps and 1 or 2 stages, or 4 warps), 64 x 64 and 128 x 32 spill (key kernels: max-of-two-maps, cosine)
-HALF_LARGE_HEAD_BACKWARD = (  # fp16/bf16, head dim 65..128; wider tiles spill
-    TileConfig(16, 16, 8, 1, ALL_REGISTERS),  # 238 registers; left to choose, ptxas spills 12-24 bytes
-    TileConfig(16, 16, 8, 2, ALL_REGISTERS),  # 226
-    TileConfig(16, 16, 8, 3, ALL_REGISTERS),  # 236
+# The backward, FlashAttention-2's Hopper shapes: the key-block kernel takes a tall key block
+# (the M side of its products) and a few query rows a step with deep pipelining, the query-
+# block kernels the forward's shape; measured like the forward's, registers capped at 255
+# (left to choose, ptxas spills to reach an occupancy). The first candidate compiles without
+# spills for standard attention and the paper's layers (without a padding mask; layer 3's
+# query kernel and, with a mask, most key kernels take the second); the last for every zoo
+# graph at head dims up to 64, and at 128 all but the two-score graphs' key (and query)
+# kernels (max-of-two-maps 780 and 532 bytes, differential attention 440: three [64, 128]
+# fp32 accumulators on one side, 192 of the 255 registers).
+# The per-token kernels (no pair tile: back through chains of per-token values, products
+# with [d,d] states) take 64 rows, the fewest a warpgroup MMA takes; at head dim 128 with
+# 8 warps, which split the head dim and halve each [rows, d] tile's registers.
+SMALL_HEAD_ROWS = TileConfig(64, 32, 4, 1, ALL_REGISTERS)
+LARGE_HEAD_ROWS = TileConfig(64, 32, 8, 1, ALL_REGISTERS)
+HALF_SMALL_HEAD_BACKWARD = (  # fp16/bf16, head dim <= 64
+    BackwardTiles(TileConfig(32, 128, 4, 5, ALL_REGISTERS), TileConfig(128, 64, 4, 3, ALL_REGISTERS), SMALL_HEAD_ROWS),
+    BackwardTiles(TileConfig(32, 64, 4, 3, ALL_REGISTERS), TileConfig(64, 32, 4, 3, ALL_REGISTERS), SMALL_HEAD_ROWS),
+    BackwardTiles(TileConfig(16, 64, 4, 2, ALL_REGISTERS), TileConfig(64, 16, 4, 2, ALL_REGISTERS), SMALL_HEAD_ROWS),
 )
-# fp32 (three tf32 passes per dot, each operand split in two) has no tiles without spills
-# over the whole zoo; these spilled least when chosen (compiled without the launch's
-# specialisation; not searched again since). With it, plain and causal: head dim <= 64, the
-# key kernel of causal max-of-two-maps (48 bytes); head dim 128, 55 of the zoo's 108
-# backward kernels (8-900 bytes; the prepare kernels of nearly every graph, up to 2 KB for
-# the two-map graphs). Wider tiles, fewer warps or more stages spilled more.
-FP32_SMALL_HEAD_BACKWARD = (TileConfig(16, 32, 8, 1, ALL_REGISTERS),)  # head dim <= 64
-FP32_LARGE_HEAD_BACKWARD = (TileConfig(16, 16, 8, 1, ALL_REGISTERS),)  # head dim 65..128
-NARROW_BACKWARD_CONFIG = TileConfig(16, 16, 8, 1)  # head dim > 128 (not measured)
+HALF_LARGE_HEAD_BACKWARD = (  # fp16/bf16, head dim 65..128
+    BackwardTiles(TileConfig(32, 128, 8, 2, ALL_REGISTERS), TileConfig(128, 32, 8, 2, ALL_REGISTERS), LARGE_HEAD_ROWS),
+    BackwardTiles(TileConfig(32, 64, 4, 2, ALL_REGISTERS), TileConfig(64, 32, 4, 2, ALL_REGISTERS), LARGE_HEAD_ROWS),
+    BackwardTiles(TileConfig(16, 64, 4, 1, ALL_REGISTERS), TileConfig(64, 16, 4, 1, ALL_REGISTERS), LARGE_HEAD_ROWS),
+)
+FP32_BACKWARD = (  # fp32 (three tf32 passes per dot): the narrowest tiles wgmma takes
+    BackwardTiles(TileConfig(16, 64, 4, 1, ALL_REGISTERS), TileConfig(64, 16, 4, 1, ALL_REGISTERS), SMALL_HEAD_ROWS),
+)
+NARROW_BACKWARD = (  # head dim > 128 (not measured)
+    BackwardTiles(TileConfig(16, 64, 4, 1), TileConfig(64, 16, 4, 1), TileConfig(64, 16, 8, 1)),
+)
+INTERPRETER_BACKWARD = BackwardTiles(TileConfig(16, 32, 1, 1), TileConfig(32, 16, 1, 1), TileConfig(16, 16, 1, 1))  # CPU interpreter
 
 
-def backward_candidates(dtype: str, head_dim: int) -> tuple[TileConfig, ...]:
-    """The backward search space for a dtype and head dim: the tiles that compile without
-    spills (for fp32, the one that spills least)."""
+def backward_candidates(dtype: str, head_dim: int) -> tuple[BackwardTiles, ...]:
+    """The backward search space for a dtype and head dim, the fixed choice first."""
     pad = head_dim_pad(head_dim)
     if pad > 128:
-        return (NARROW_BACKWARD_CONFIG,)
+        return NARROW_BACKWARD
     if dtype == "fp32":
-        return FP32_LARGE_HEAD_BACKWARD if pad > 64 else FP32_SMALL_HEAD_BACKWARD
+        return FP32_BACKWARD
     return HALF_LARGE_HEAD_BACKWARD if pad > 64 else HALF_SMALL_HEAD_BACKWARD
 
 
-def backward_config(dtype: str, head_dim: int) -> TileConfig:
+def backward_config(dtype: str, head_dim: int) -> BackwardTiles:
     """The tiles of the backward kernels without tuning: ahead-of-time compilation checks
     these, and they lead the search on a GPU."""
     return backward_candidates(dtype, head_dim)[0]
-
-
-def candidates(head_dim: int) -> tuple[TileConfig, ...]:
-    """The search space for a head dim: the tiles that compile without spills there (at
-    head dims 65..128, at most MAX_PAIR_ELEMENTS_PER_THREAD pair elements per thread)."""
-    pad = head_dim_pad(head_dim)
-    if pad > 128:
-        return (HUGE_HEAD_CONFIG, TileConfig(64, 32, 8, 1))
-    return tuple(c for c in SEARCH_SPACE if pad <= 64 or c.block_m * c.block_n <= MAX_PAIR_ELEMENTS_PER_THREAD * 32 * c.num_warps)

@@ -204,12 +204,50 @@ def _np_euc(x, y, head_dim):
 # offers them after the template's own helpers and constants (codegen/template.py: _dot,
 # NORM_EPS, ...) and keeps those its kernels call.
 
+_APPROX = '''\
+@triton.jit
+def _exp2_approx(x):
+    # 2^x by the hardware (MUFU.EX2: ex2.approx.ftz.f32, within 2 ulp; results below 2^-126 are
+    # 0); Triton's interpreter runs no PTX and takes the exact one
+    if COMPILED:
+        return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1)
+    return tl.math.exp2(x)
+
+
+@triton.jit
+def _log2_approx(x):
+    # log2 by the hardware (MUFU.LG2: lg2.approx.ftz.f32, within 2^-22 of log2 on [1, 2]; Triton's
+    # own log2 is a software polynomial); the interpreter takes the exact one
+    if COMPILED:
+        return tl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1)
+    return tl.math.log2(x)
+'''
+
+_SIGMOID = '''\
+@triton.jit
+def _sigmoid(x):
+    # 1 / (1 + exp(-x)) with the hardware's ex2 and a fast quotient (two ulp; tl.sigmoid's is the
+    # IEEE division)
+    return tl.math.fdiv(1.0, 1.0 + _exp2_approx(-x * LOG2E))
+'''
+
 _LOG1P = '''\
 @triton.jit
 def _log1p(x):
     # log(1 + x) without losing x when it is tiny: log(u) * x / (u - 1) with u = 1 + x
     u = 1.0 + x
     return tl.where(u == 1.0, x, tl.log(u) * x / (u - 1.0))
+'''
+
+_SOFTPLUS_OF_MINUS_ABS = '''\
+@triton.jit
+def _softplus_of_minus_abs(x, DOT_DTYPE: tl.constexpr):
+    # log(1 + exp(-|x|)), in (0, log 2]. With half-precision inputs, one ex2 and one lg2 of the
+    # hardware (within 3e-7, far below the inputs' own rounding); with fp32 inputs, Triton's
+    # exact exp and log and the tiny-x correction, for every digit where exp(-|x|) is tiny
+    if DOT_DTYPE == tl.float32:
+        return _log1p(tl.exp(-tl.abs(x)))
+    return LN2 * _log2_approx(1.0 + _exp2_approx(-tl.abs(x) * LOG2E))
 '''
 
 _TANH = '''\
@@ -232,15 +270,21 @@ def _softmax_over_head_dim(x, dim_ok):
     return e / tl.sum(e, 1)[:, None]
 '''
 
+_UNIT_ROWS = '''\
+@triton.jit
+def _unit_rows(x, dim_ok):
+    # each row over its norm, max(|x|, 1e-6) (the head-dim padding zeroed)
+    x = tl.where(dim_ok, x.to(tl.float32), 0.0)
+    return x * (1.0 / tl.maximum(tl.sqrt(tl.sum(x * x, 1)), NORM_EPS))[:, None]
+'''
+
 _COSINE_SCORES = '''\
 @triton.jit
 def _cosine_scores(x_i, y_j, dim_ok, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    # <x_i, y_j> / (max(|x_i|, 1e-6) * max(|y_j|, 1e-6))
-    x_i = tl.where(dim_ok, x_i, 0.0)
-    y_j = tl.where(dim_ok, y_j, 0.0)
-    x_norm = tl.maximum(tl.sqrt(tl.sum(x_i * x_i, 1)), NORM_EPS)
-    y_norm = tl.maximum(tl.sqrt(tl.sum(y_j * y_j, 1)), NORM_EPS)
-    return _dot(x_i, tl.trans(y_j), DOT_DTYPE, DOT_PRECISION) / (x_norm[:, None] * y_norm[None, :])
+    # <x_i, y_j> / (max(|x_i|, 1e-6) * max(|y_j|, 1e-6)): the rows normalised before the
+    # product, so a score costs the product alone (a loop over key blocks normalises the
+    # query rows once)
+    return _dot(_unit_rows(x_i, dim_ok), tl.trans(_unit_rows(y_j, dim_ok)), DOT_DTYPE, DOT_PRECISION)
 '''
 
 _EUCLIDEAN_SCORES = '''\
@@ -271,38 +315,42 @@ def _softmax_over_head_dim_vjp(y, dy, dim_ok):
 
 _COSINE_SCORES_VJP = '''\
 @triton.jit
-def _cosine_scores_vjp(x_i, y_j, scores, dscores, dim_ok, LEFT: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    # s_ij = <x_i, y_j> / (nx_i ny_j), n = max(|row|, 1e-6):
-    #   dx_i = sum_j ds_ij y_j / (nx_i ny_j) - x_i / nx_i^2 * sum_j ds_ij s_ij  (2nd term where |x_i| > 1e-6)
-    # and the same for y_j, summing over i (LEFT=False).
-    x_i = tl.where(dim_ok, x_i, 0.0)
-    y_j = tl.where(dim_ok, y_j, 0.0)
-    x_len = tl.sqrt(tl.sum(x_i * x_i, 1))
-    y_len = tl.sqrt(tl.sum(y_j * y_j, 1))
-    x_norm = tl.maximum(x_len, NORM_EPS)
-    y_norm = tl.maximum(y_len, NORM_EPS)
-    weighted = dscores / (x_norm[:, None] * y_norm[None, :])
-    if LEFT:
-        radial = tl.where(x_len > NORM_EPS, tl.sum(dscores * scores, 1) / (x_norm * x_norm), 0.0)
-        return _dot(weighted, y_j, DOT_DTYPE, DOT_PRECISION) - x_i * radial[:, None]
-    else:
-        radial = tl.where(y_len > NORM_EPS, tl.sum(dscores * scores, 0) / (y_norm * y_norm), 0.0)
-        return _dot(tl.trans(weighted), x_i, DOT_DTYPE, DOT_PRECISION) - y_j * radial[:, None]
+def _cosine_scores_vjp(x, acc, row, dim_ok):
+    # s_ij = <x_i, y_j> / (n_i m_j), n = max(|x|, 1e-6): with acc = sum_j ds_ij y_j / m_j and
+    # row = sum_j ds_ij s_ij, dx_i = (acc - x_i / n_i row [|x_i| > 1e-6]) / n_i
+    x = tl.where(dim_ok, x.to(tl.float32), 0.0)
+    length = tl.sqrt(tl.sum(x * x, 1))
+    norm = tl.maximum(length, NORM_EPS)
+    radial = tl.where(length > NORM_EPS, row / norm, 0.0)
+    return (acc - x * radial[:, None]) / norm[:, None]
 '''
 
-_EUCLIDEAN_SCORES_VJP = '''\
+_EUCLIDEAN_WEIGHTS = '''\
 @triton.jit
-def _euclidean_scores_vjp(x_i, y_j, scores, dscores, dim_ok, LEFT: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    # s_ij = |x_i - y_j| where unclamped: ds/dx_i = (x_i - y_j) / s_ij. With w = ds / s:
-    #   dx_i = x_i * sum_j w_ij - w @ y,   dy_j = y_j * sum_i w_ij - w^T @ x
-    x_i = tl.where(dim_ok, x_i, 0.0)
-    y_j = tl.where(dim_ok, y_j, 0.0)
-    w = tl.where(scores > NORM_EPS, dscores / scores, 0.0)  # the clamp at 1e-6 has no gradient
-    if LEFT:
-        return x_i * tl.sum(w, 1)[:, None] - _dot(w, y_j, DOT_DTYPE, DOT_PRECISION)
-    else:
-        return y_j * tl.sum(w, 0)[:, None] - _dot(tl.trans(w), x_i, DOT_DTYPE, DOT_PRECISION)
+def _euclidean_weights(scores, dscores):
+    # s_ij = |x_i - y_j| where unclamped: ds/dx_i = (x_i - y_j) / s_ij; w = ds / s (the clamp at
+    # 1e-6 has no gradient), so that dx_i = x_i sum_j w_ij - sum_j w_ij y_j
+    return tl.where(scores > NORM_EPS, tl.math.fdiv(dscores, scores), 0.0)
 '''
+
+
+@dataclass(frozen=True)
+class ScoreVJP:
+    """The derivative of a score op s = op(x, y) on the side whose rows are the pair tile's rows
+    (x; y is the other side): over the other side's blocks, acc += tile @ other and row +=
+    rowsum(row term); after them, dx = finish. (A kernel holding its tiles transposed, key x
+    query, has the key side there.) Format strings in fp32 over {s} (the score tile), {ds}
+    (its cotangent, 0 where a pair takes no part), {y} (the other side's rows), and in
+    `finish` {x} (the own rows), {acc}, {row}: the own rows are read after the loop only,
+    which keeps a [rows, d] fp32 tile out of its registers."""
+
+    tile: str
+    other: str
+    row: str
+    finish: str
+
+    def __iter__(self):
+        return iter((self.tile, self.other, self.row, self.finish))
 
 
 # -- the registry -------------------------------------------------------------------
@@ -323,6 +371,13 @@ class Op:
     # f(0) == 0 (of every operand): zero head-dim padding stays zero through it, so the
     # emitter need not mask the padding before a reduction over the head dim
     zero_preserving: bool = False
+    # A unary op that multiplies by a constant: (its Triton spelling, its sign). The code
+    # generator folds such ops between scores and a softmax over keys into the softmax's one
+    # exp2 constant (codegen/emit.py).
+    scalar_factor: tuple[str, int] | None = None
+    # A score op with op(y, x) == op(x, y)^T: a kernel that holds its pair tiles transposed
+    # (key x query, the backward's key-block kernel) swaps the operands.
+    swap_transposes: bool = False
     reduced_axis: Callable[..., str | None] = field(default=lambda *shapes: None)
     # Operands whose rows are the output's rows (out[i] needs row i of these and all of the
     # others). None: every operand (the elementwise case).
@@ -339,13 +394,13 @@ class Op:
     # Derivative rule: the Triton spelling of each operand's vector-Jacobian product, format
     # strings over {x}, {y} (the operands), {out} (the op's value) and {grad} (the cotangent
     # of the output), in fp32. Elementwise: the backward code generator emits them as
-    # straight-line `dt3 = ...` lines. Score: {x} the query rows, {y} the key rows, {grad} the
-    # cotangent tile (zero where a pair takes no part); the first rule is the query side's
-    # share summed over the key block, the second the key side's summed over the query block.
+    # straight-line `dt3 = ...` lines. Score: a ScoreVJP, the share of the side whose rows are
+    # the pair tile's rows, summed over the other side's blocks (the op is symmetric,
+    # `swap_transposes`: one rule serves both sides).
     # None for the ops lowered by kind, whose backward the code generator writes out (softmax
     # over keys: P * (dP - rowsum(P * dP)); q k^T scores and contractions: matmuls of the
     # cotangent tile with the other side's rows).
-    triton_vjp: tuple[str, ...] | None = None
+    triton_vjp: tuple[str, ...] | ScoreVJP | None = None
     # Source of the jitted helpers that the op's Triton code calls (its spelling, or the
     # emitter's rule for its kind), and those its derivative calls: a generated module
     # defines each one that it calls, once.
@@ -398,7 +453,7 @@ def _binary(name, definition, torch_fn, np_fn, **traits) -> Op:
 
 _OPS = [
     _unary("neg", "-x", torch.neg, np.negative, triton="-{0}", triton_vjp=("-{grad}",), linear=True, odd=True, zero_preserving=True,
-           paper_group=True),
+           scalar_factor=("-1.0", -1), paper_group=True),
     Op(
         name="transpose",
         arity=1,
@@ -421,6 +476,7 @@ _OPS = [
         oracle=lambda x, head_dim: x * head_dim**-0.5,
         triton="{0} * HEAD_SCALE",  # HEAD_SCALE: the kernel's constexpr d**-0.5
         triton_vjp=("{grad} * HEAD_SCALE",),
+        scalar_factor=("HEAD_SCALE", 1),
         kind=OpKind.ELEMENTWISE,
         linear=True,
         odd=True,
@@ -446,9 +502,9 @@ _OPS = [
         "log(sigmoid(x)) = -softplus(-x)",
         torch.nn.functional.logsigmoid,
         lambda x: -np.logaddexp(0.0, -x),
-        triton="tl.minimum({0}, 0.0) - _log1p(tl.exp(-tl.abs({0})))",  # -softplus(-x), stable
+        triton="tl.minimum({0}, 0.0) - _softplus_of_minus_abs({0}, DOT_DTYPE)",  # -softplus(-x), stable
         triton_vjp=("{grad} * tl.sigmoid(-{x})",),  # d/dx log(sigmoid(x)) = 1 - sigmoid(x)
-        triton_helpers=(_LOG1P,),
+        triton_helpers=(_APPROX, _LOG1P, _SOFTPLUS_OF_MINUS_ABS),
         paper_group=True,
     ),
     _unary("softsign", "x / (1 + abs(x))", lambda x: x / (1 + x.abs()), lambda x: x / (1 + np.abs(x)), odd=True, zero_preserving=True,
@@ -468,7 +524,8 @@ _OPS = [
         zero_preserving=True,
         paper_group=True,
     ),
-    _unary("sigmoid", "1 / (1 + exp(-x))", torch.sigmoid, lambda x: 0.5 * (1 + np.tanh(0.5 * x)), triton="tl.sigmoid({0})",
+    _unary("sigmoid", "1 / (1 + exp(-x))", torch.sigmoid, lambda x: 0.5 * (1 + np.tanh(0.5 * x)), triton="_sigmoid({0})",
+           triton_helpers=(_APPROX, _SIGMOID),
            # sigmoid(x) sigmoid(-x), not out * (1 - out): no cancellation where sigmoid(x) ~ 1
            triton_vjp=("{grad} * tl.sigmoid({x}) * tl.sigmoid(-{x})",)),
     _unary("tanh", "tanh(x)", torch.tanh, np.tanh, odd=True, zero_preserving=True, triton="_tanh({0})",  # exact near 0 too
@@ -516,13 +573,13 @@ _OPS = [
         reduced_axis=_last_axis_of_first,
         rows_from=(0,),
         paper_group=True,
+        swap_transposes=True,
         triton="_cosine_scores({0}, {1}, dim_ok, DOT_DTYPE, DOT_PRECISION)",
-        triton_vjp=(
-            "_cosine_scores_vjp({x}, {y}, {out}, {grad}, dim_ok, True, DOT_DTYPE, DOT_PRECISION)",
-            "_cosine_scores_vjp({x}, {y}, {out}, {grad}, dim_ok, False, DOT_DTYPE, DOT_PRECISION)",
-        ),
-        triton_helpers=(_COSINE_SCORES,),
-        triton_vjp_helpers=(_COSINE_SCORES_VJP,),
+        # dx = (sum_j ds y_j / m_j - x / n sum_j ds s) / n: the other side's unit rows, then the norm
+        triton_vjp=ScoreVJP(tile="{ds}", other="_unit_rows({y}, dim_ok)", row="{ds} * {s}",
+                            finish="_cosine_scores_vjp({x}, {acc}, {row}, dim_ok)"),
+        triton_helpers=(_UNIT_ROWS, _COSINE_SCORES),
+        triton_vjp_helpers=(_UNIT_ROWS, _COSINE_SCORES_VJP),
     ),
     Op(
         name="euc",
@@ -536,15 +593,15 @@ _OPS = [
         reduced_axis=_last_axis_of_first,
         rows_from=(0,),
         paper_group=True,
+        swap_transposes=True,
         # (the emitter clamps the diagonal of euc(x, x) to NORM_EPS; rows of different nodes
         # that coincide fall below the helper's DISTANCE_NOISE)
         triton="_euclidean_scores({0}, {1}, dim_ok, DOT_DTYPE, DOT_PRECISION)",
-        triton_vjp=(
-            "_euclidean_scores_vjp({x}, {y}, {out}, {grad}, dim_ok, True, DOT_DTYPE, DOT_PRECISION)",
-            "_euclidean_scores_vjp({x}, {y}, {out}, {grad}, dim_ok, False, DOT_DTYPE, DOT_PRECISION)",
-        ),
+        # dx = x sum_j w - sum_j w y_j, w = ds / s
+        triton_vjp=ScoreVJP(tile="-_euclidean_weights({s}, {ds})", other="{y}", row="_euclidean_weights({s}, {ds})",
+                            finish="tl.where(dim_ok, {x}, 0.0) * {row}[:, None] + {acc}"),
         triton_helpers=(_EUCLIDEAN_SCORES,),
-        triton_vjp_helpers=(_EUCLIDEAN_SCORES_VJP,),
+        triton_vjp_helpers=(_EUCLIDEAN_WEIGHTS,),
     ),
 ]
 

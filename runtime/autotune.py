@@ -2,8 +2,9 @@
 with the winner persisted in a JSON table next to the kernel cache.
 
 Forward and backward are tuned separately, each over its own search space
-(`candidates`, `backward_candidates`) and under its own key (the backward's ends in
-"/bwd"), since the backward kernels hold more tiles at once and want smaller ones. On a GPU
+(`candidates`, `backward_candidates`: the backward's key-block and query-block kernels
+have tiles of their own, `BackwardTiles`) and under its own key (the backward's ends in
+"/bwd"). On a GPU
 the first launch for a key times every candidate (median of a few runs: the forward
 kernels, or the whole backward launch sequence on fresh gradient buffers) and stores the
 fastest; later launches, in any process, read the table. The interpreter has one fixed
@@ -20,8 +21,9 @@ from pathlib import Path
 from typing import Callable
 
 from genomec.codegen.tiles import (
+    INTERPRETER_BACKWARD,
     INTERPRETER_CONFIG,
-    SEARCH_SPACE,
+    BackwardTiles,
     TileConfig,
     backward_candidates,
     backward_config,
@@ -32,8 +34,9 @@ from genomec.codegen.tiles import (
 __all__ = [
     "default_config",
     "backward_config",
+    "INTERPRETER_BACKWARD",
     "INTERPRETER_CONFIG",
-    "SEARCH_SPACE",
+    "BackwardTiles",
     "TileConfig",
     "TuningTable",
     "backward_candidates",
@@ -63,7 +66,7 @@ def benchmark(run: Callable[[], object]) -> float:
 
 
 class TuningTable:
-    """Persisted choices: {key: {graph hash: TileConfig}}; written atomically."""
+    """Persisted choices: {key: {graph hash: TileConfig or BackwardTiles}}; written atomically."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -74,16 +77,18 @@ class TuningTable:
         except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
             return {}  # missing or corrupt: tune again
 
-    def get(self, graph_hash: str, key: str) -> TileConfig | None:
+    def get(self, graph_hash: str, key: str) -> TileConfig | BackwardTiles | None:
         entry = self._read().get(key, {}).get(graph_hash)
         try:
-            return TileConfig(**entry) if entry else None
-        except TypeError:
-            return None
+            if not entry:
+                return None
+            return BackwardTiles.from_json(entry) if "keys" in entry else TileConfig(**entry)
+        except (TypeError, KeyError):
+            return None  # written by another version: tune again
 
-    def put(self, graph_hash: str, key: str, config: TileConfig) -> None:
+    def put(self, graph_hash: str, key: str, config: TileConfig | BackwardTiles) -> None:
         table = self._read()  # merge with what other processes wrote meanwhile
-        table.setdefault(key, {})[graph_hash] = asdict(config)
+        table.setdefault(key, {})[graph_hash] = config.to_json() if isinstance(config, BackwardTiles) else asdict(config)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".autotune.", dir=self.path.parent)
         with os.fdopen(fd, "w") as f:
@@ -95,9 +100,9 @@ def choose(
     table: TuningTable,
     graph_hash: str,
     key: str,
-    configs: tuple[TileConfig, ...],
-    time_config: Callable[[TileConfig], float],
-) -> TileConfig:
+    configs: tuple,
+    time_config: Callable[[object], float],
+):
     """The persisted choice for `key`, or time every candidate, persist and return the fastest.
     A candidate that fails to compile or launch (too much shared memory) is skipped."""
     chosen = table.get(graph_hash, key)

@@ -126,10 +126,11 @@ def run_cpu(graphs, out_dir: Path, aot: bool = True, arch: str = "sm_90", dtype:
                 module_path = modules_dir / f"{generated.hash}.py"
                 module_path.write_text(generated.source)
                 if aot:
-                    resources = compile_ahead_of_time(generated, module_path, arch=arch, dtype=dtype, head_dim=head_dim)
+                    resources = compile_ahead_of_time(generated, module_path, arch=arch, dtype=dtype, head_dim=head_dim, retile=True)
                     row.setdefault("kernels", []).extend(
                         {"name": (f"{stage.name}/" if plan.multi_stage else "") + r.name, "direction": "backward" if k.backward else "forward",
-                         "registers": r.registers, "spills": r.spills, "shared_bytes": r.shared_bytes, "compile_s": round(r.compile_seconds, 3)}
+                         "registers": r.registers, "spills": r.spills, "shared_bytes": r.shared_bytes, "compile_s": round(r.compile_seconds, 3),
+                         "tiles": r.tiles}
                         for k, r in zip(generated.kernels, resources)
                     )
                     row["aot_compile_s"] = round(row.get("aot_compile_s", 0) + sum(r.compile_seconds for r in resources), 3)

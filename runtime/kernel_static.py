@@ -95,7 +95,7 @@ def run_static(
         job = {
             "ours": [  # one aot job per dtype, head dim and module, with the fixed tiles
                 {"genome": name, "hash": hash_, "job": aot_job(generated, path, arch, dtype, head_dim, specialisation=specialisation,
-                                                               passes=passes, constants={"HAS_MASK": has_mask})}
+                                                               passes=passes, constants={"HAS_MASK": has_mask}, retile=True)}
                 for dtype in dtypes for head_dim in head_dims for name, hash_, generated, path in modules
             ],
             "head_dims": list(head_dims),
@@ -106,14 +106,17 @@ def run_static(
             "specialisation": dataclasses.asdict(specialisation),
             }
         rows = _in_compile_mode(job, say)
+    standard_hash = lower(loads_genome(json.dumps({"expr": STANDARD_ATTENTION}))).hash
     result = {
         "mode": "static",
         "arch": arch,
         "specialisation": str(specialisation),
         "padding_mask": has_mask,
-        "standard_hash": lower(loads_genome(json.dumps({"expr": STANDARD_ATTENTION}))).hash,
+        "standard_hash": standard_hash,
         "definitions": DEFINITIONS,
         "environment": env,
+        "targets": {f"{dtype}/d{head_dim}": targets([r for r in rows if r["dtype"] == dtype and r["head_dim"] == head_dim], standard_hash)
+                    for dtype in dtypes for head_dim in head_dims},
         "rows": rows,
     }
     write_atomic(out_dir / RESULTS[0], json.dumps(result, indent=2) + "\n")
@@ -122,7 +125,8 @@ def run_static(
 
 
 DEFINITIONS = {
-    "main_loop": "the innermost SASS loop (backward branch to a label) holding HGMMA/HMMA instructions; of several, the one with the most MMA work per iteration",
+    "main_loop": "the innermost SASS loop (backward branch to a label) holding HGMMA/HMMA instructions; of several, the one with the most MMA work per iteration; "
+                 "a generated pass's unpipelined loop over the few blocks a mask cuts (TTGIR tt.num_stages = 1) counts in neither this nor all_loops",
     "instructions": "static SASS instructions of one main-loop iteration per thread, NOPs left out (a branch-skipped path counts too)",
     "per_element": "count x threads / (BLOCK_M x BLOCK_N): thread-instructions per score element of the iteration's pair tile",
     "mufu": "special-function-unit ops (MUFU.EX2, .LG2, .RCP, ...) of one iteration",
@@ -134,6 +138,8 @@ DEFINITIONS = {
     "loads": "load instructions of one iteration by kind and width: LDG global, LDGSTS cp.async, LDS shared, LDSM ldmatrix, UTMALDG TMA",
     "all_loops": "instructions per element summed over every innermost MMA loop (all passes over the keys)",
     "best_tiles": "the reference's candidate tiles with the fewest main-loop instructions per score element, zero spills, at most 255 registers",
+    "tiles": "our kernels: the fixed tiles of codegen/tiles.py, or for a pass whose kernels spill with them the first candidate of its search space that does not",
+    "mma_sync_anywhere": "HMMA (mma.sync) instructions anywhere in the kernel, in loops or not",
 }
 
 
@@ -211,8 +217,7 @@ def _reference_rows(job, dtype, head_dim, forward, backward, capability, special
     for choice in job["reference_tiles"]:
         for name in names:
             if choice == "same":
-                tiles = forward if name == "flash_forward" else backward
-                tiles = ref.kernel_tiles(name, ref.FlashTiles(tiles, tiles, tiles))
+                tiles = ref.kernel_tiles(name, ref.FlashTiles(forward, backward.keys, backward.queries))
                 row, tried = _reference_row(ref, name, dtype, head_dim, tiles, capability, specialisation), None
             else:
                 row, tried = _best_reference_row(ref, name, dtype, head_dim, capability, specialisation)
@@ -330,24 +335,74 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _summary(group: list[dict], standard_hash: str) -> str:
-    """Standard attention against the reference: main-loop instructions per element."""
-    def per_element(rows):
-        loops = [r["main_loop"]["instructions_per_element"] for r in rows if r.get("main_loop")]
-        return loops[0] if loops else None
+def _per_element(rows) -> float | None:
+    loops = [r["main_loop"]["instructions_per_element"] for r in rows if r.get("main_loop")]
+    return loops[0] if loops else None
 
+
+# The issue's static targets (issue 14, README): standard attention's main loop against the
+# reference at the same tiles, forward and backward; no mma.sync and no duplicated score tile
+# in any kernel; every other graph's forward main loop against standard attention's.
+FORWARD_TARGET, BACKWARD_TARGET, OTHER_GRAPHS_TARGET = 1.15, 1.3, 2.0
+AGAINST_REFERENCE = (("attention_fwd", "flash_forward", FORWARD_TARGET), ("attention_bwd_keys", "flash_backward_keys", BACKWARD_TARGET),
+                     ("attention_bwd_queries", "flash_backward_queries", BACKWARD_TARGET))
+
+
+def targets(group: list[dict], standard_hash: str) -> dict:
+    """The static targets read off one dtype and head dim's rows: each with its figures and
+    whether it holds."""
+    ours = [r for r in group if r["impl"] == "genomec"]
+    result = {}
+    for kernel, ref_kernel, limit in AGAINST_REFERENCE:
+        mine = _per_element([r for r in ours if r.get("hash") == standard_hash and r["kernel"] == kernel])
+        theirs = _per_element([r for r in group if r["impl"] == REFERENCE and r["kernel"] == ref_kernel and r.get("tiles_choice") == "same"])
+        if mine is not None and theirs:
+            result[kernel] = {"ours": mine, "reference": theirs, "ratio": round(mine / theirs, 3), "limit": limit, "holds": mine / theirs <= limit}
+    mma_sync = [f"{r['genome']} {r['kernel']}" for r in ours if r.get("mma_sync_anywhere")]
+    duplicated = [f"{r['genome']} {r['kernel']}" for r in ours if (r.get("main_loop") or {}).get("score_duplication") not in (None, 1)]
+    spills = [f"{r['genome']} {r['kernel']} ({r['spills']} B)" for r in ours if r["spills"]]
+    result["no_mma_sync"] = {"kernels": mma_sync, "holds": not mma_sync}
+    result["no_duplicated_score_tiles"] = {"kernels": duplicated, "holds": not duplicated}
+    result["no_spills"] = {"kernels": spills, "holds": not spills}
+    standard = _per_element([r for r in ours if r.get("hash") == standard_hash and r["kernel"] == "attention_fwd"])
+    if standard:
+        forwards = {r["genome"]: r["main_loop"]["instructions_per_element"] for r in ours
+                    if r["kernel"] == "attention_fwd" and r.get("main_loop") and r.get("hash") != standard_hash}
+        ratios = {genome: round(value / standard, 2) for genome, value in forwards.items()}
+        worst = max(ratios.items(), key=lambda item: item[1], default=(None, 0.0))
+        result["other_forwards"] = {"ratios": ratios, "worst": worst[0], "limit": OTHER_GRAPHS_TARGET, "holds": worst[1] <= OTHER_GRAPHS_TARGET}
+    return result
+
+
+def _summary(group: list[dict], standard_hash: str) -> str:
+    """Standard attention against the reference (main-loop instructions per element), and
+    the static targets."""
     parts = []
-    for kernel, ref_kernel in (("attention_fwd", "flash_forward"), ("attention_bwd_keys", "flash_backward_keys"),
-                               ("attention_bwd_queries", "flash_backward_queries")):
-        ours = per_element([r for r in group if r["impl"] == "genomec" and r.get("hash") == standard_hash and r["kernel"] == kernel])
-        theirs = {c: per_element([r for r in group if r["impl"] == REFERENCE and r["kernel"] == ref_kernel and r["tiles_choice"] == c])
+    for kernel, ref_kernel, _ in AGAINST_REFERENCE:
+        ours = _per_element([r for r in group if r["impl"] == "genomec" and r.get("hash") == standard_hash and r["kernel"] == kernel])
+        theirs = {c: _per_element([r for r in group if r["impl"] == REFERENCE and r["kernel"] == ref_kernel and r["tiles_choice"] == c])
                   for c in REFERENCE_TILES}
         if ours is None:
             continue
-        against = ", ".join(f"{theirs[c]} with {c} tiles ({ours / theirs[c]:.1f}x)" for c in REFERENCE_TILES if theirs.get(c))
+        against = ", ".join(f"{theirs[c]} with {c} tiles ({ours / theirs[c]:.2f}x)" for c in REFERENCE_TILES if theirs.get(c))
         if against:
             parts.append(f"{kernel}: {ours} instructions per element, the reference {against}")
-    return ("Standard attention, main loop: " + "; ".join(parts) + ".") if parts else ""
+    text = ("Standard attention, main loop: " + "; ".join(parts) + ".") if parts else ""
+    checks = targets(group, standard_hash)
+    lines = []
+    for kernel, _, limit in AGAINST_REFERENCE:
+        if kernel in checks:
+            c = checks[kernel]
+            lines.append(f"- {kernel} within {limit}x of the reference at the same tiles: {c['ratio']}x, {'holds' if c['holds'] else 'missed'}")
+    for key, label in (("no_mma_sync", "no mma.sync"), ("no_duplicated_score_tiles", "no duplicated score tiles"), ("no_spills", "no spills")):
+        c = checks[key]
+        lines.append(f"- {label}: {'holds' if c['holds'] else 'missed: ' + ', '.join(c['kernels'])}")
+    if "other_forwards" in checks:
+        c = checks["other_forwards"]
+        worst = f"{c['worst']} {c['ratios'][c['worst']]}x" if c["worst"] else "-"
+        lines.append(f"- every other graph's forward within {c['limit']}x of standard attention's (main loop): worst {worst}, "
+                     f"{'holds' if c['holds'] else 'missed'}")
+    return text + ("\n\nTargets:\n" + "\n".join(lines) if lines else "")
 
 
 if __name__ == "__main__":  # the child process of run_static: the job on stdin, the rows to the file named

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from genomec.codegen.abi import Buffer, Element, Grid, ModuleABI, Role
+from genomec.codegen.abi import Buffer, Element, Grid, ModuleABI, Role, reduction_splits
 from genomec.codegen.modules import import_module_file, use_interpreter
 from genomec.codegen.tiles import DOT_PRECISION, head_dim_pad
 from genomec.ir import Compiled, execute
@@ -164,7 +164,7 @@ class CompiledAttention(torch.nn.Module):
         """The buffers the forward leaves for the backward, by parameter name."""
         return {b.name: _allocate(b, ref) for b in self.abi.with_role(Role.STATE, Role.SAVED)}
 
-    def launch_backward(self, q, k, v, mask, saved: dict, grad_out, config: autotune.TileConfig | None = None):
+    def launch_backward(self, q, k, v, mask, saved: dict, grad_out, config: autotune.BackwardTiles | None = None):
         """Gradients (dq, dk, dv) of the fused backward kernels, None for an unused input."""
         given = {"q": q, "k": k, "v": v}
         used = self._used()
@@ -182,12 +182,13 @@ class CompiledAttention(torch.nn.Module):
         args |= saved
         args |= {b.name: _allocate(b, ref) for b in self.abi.with_role(Role.SCRATCH, Role.GRADIENT)}
         args["seq_len"], args["num_heads"] = ref.shape[2], ref.shape[1]
-        constants = dict(self._constants(ref, config), HAS_MASK=mask is not None)
         for kernel in self.abi.backward_kernels:
-            getattr(self.module, kernel.name)[_grid(kernel.grid, ref, config)](
+            tiles = config.for_grid(kernel.grid)
+            constants = dict(self._constants(ref, tiles), HAS_MASK=mask is not None)
+            getattr(self.module, kernel.name)[_grid(kernel.grid, ref, tiles)](
                 *(args[p] for p in kernel.params),
                 **{c: constants[c] for c in kernel.constexprs},
-                **config.launch_options(),
+                **tiles.launch_options(),
             )
         # an input that no backward kernel writes a gradient for has a zero one
         grads = {n: args[f"d{n}_ptr"] if f"d{n}_ptr" in args else torch.zeros(ref.shape, device=ref.device) for n in used}
@@ -218,14 +219,14 @@ class CompiledAttention(torch.nn.Module):
         def time_config(config):
             return autotune.benchmark(lambda: self._run(tensors, mask, ref, config))
 
-        return autotune.choose(self.tuning, self.compiled.hash, key, autotune.candidates(head_dim), time_config)
+        return autotune.choose(self.tuning, self.compiled.hash, key, autotune.candidates(head_dim, DTYPE_NAMES[ref.dtype]), time_config)
 
-    def _backward_config(self, q, k, v, mask, saved: dict, grad_out) -> autotune.TileConfig:
+    def _backward_config(self, q, k, v, mask, saved: dict, grad_out) -> autotune.BackwardTiles:
         """The backward's tiles: tuned per (arch, dtype, head dim, length bucket) under a key of
         its own, timing the whole backward launch sequence (every launch allocates fresh
         gradient buffers, which the kernels accumulate into)."""
         if self.interpret:
-            return autotune.INTERPRETER_CONFIG
+            return autotune.INTERPRETER_BACKWARD
         ref = next(t for t in (q, k, v) if t is not None)
         dtype, head_dim = DTYPE_NAMES[ref.dtype], ref.shape[-1]
         arch = "sm_%d%d" % torch.cuda.get_device_capability(ref.device)
@@ -268,7 +269,9 @@ def _grid(grid: Grid, ref, config: autotune.TileConfig) -> tuple[int, ...]:
     batch, heads, seq_len, _ = ref.shape
     if grid == Grid.HEADS:
         return (batch * heads,)
-    block = config.block_m if grid == Grid.QUERY_BLOCKS else config.block_n
+    if grid == Grid.TOKEN_SPLITS:
+        return (reduction_splits(batch * heads, seq_len), batch * heads)
+    block = config.block_n if grid == Grid.KEY_BLOCKS else config.block_m
     return (triton_cdiv(seq_len, block), batch * heads)
 
 
@@ -286,9 +289,12 @@ def _allocate(buffer: Buffer, ref) -> torch.Tensor:
 
 
 def _mask_buffer(mask, device) -> torch.Tensor:
+    """The kernels' view of a key padding mask [B, N] (True = real token): each token's key
+    bias, 0 for a real token and -inf for padding (whole key blocks add it to their scores)."""
     if mask is None:
-        return torch.zeros(1, dtype=torch.int8, device=device)
-    return mask.to(device=device, dtype=torch.int8).contiguous()
+        return torch.zeros(1, dtype=torch.float32, device=device)
+    real = mask.to(device=device, dtype=torch.bool)
+    return torch.where(real, 0.0, float("-inf")).to(torch.float32).contiguous()
 
 
 

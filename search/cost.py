@@ -15,6 +15,7 @@ with N tokens and head dim d:
 
     Fused graphs (every stage of `plan_stages` one kernel plan): each value counts once for
     every time the schedule computes it: query-side, post and global values once, key-side
+    values written by the key-rows kernel once (and read back as arrays), other key-side
     and pair values once per pass over the key blocks that lists them (a softmax whose row
     statistics need a pass of their own recomputes its scores), contractions once; the
     reduction kernel's token values once per pass over the tokens. A softmax counts once,
@@ -40,7 +41,7 @@ from collections import Counter
 
 import torch
 
-from genomec.codegen.schedule import schedule
+from genomec.codegen.schedule import key_values_computed, schedule
 from genomec.codegen.stages import plan_stages
 from genomec.genome import AttentionLayer, ConvLayer, ModelGenome
 from genomec.genome.ops import TOKENS
@@ -122,12 +123,17 @@ def _fused_stage_cost(ir: IR, seq_len: int, head_dim: int) -> tuple[int, int, in
         times.update(r.reductions)
         # [d,d] states and two statistics (max, sum) per column: written here, read by the attention kernel
         moved += 2 * (len(r.reductions) * head_dim * head_dim + len(r.column_softmaxes) * 2 * head_dim)
+    loaded = set(sched.key_rows.rows) if sched.key_rows is not None else set()
+    if sched.key_rows is not None:  # key-side values computed once per token, written as arrays
+        times.update(sched.key_rows.values)
+        moved += (_inputs_among(ir, sched.key_rows.values) + len(loaded)) * token_array
     a = sched.attention
     times.update(a.query_values + a.global_values + a.post_values)
     moved += _inputs_among(ir, a.query_values) * token_array + token_array  # query rows in, output out
     for key_pass in a.key_passes:
-        times.update(key_pass.key_values + key_pass.pair_values + key_pass.contractions)
-        moved += _inputs_among(ir, key_pass.key_values) * token_array
+        key_values = key_values_computed(sched, key_pass)  # (those of the key-rows kernel read back)
+        times.update([v for v in key_values if v not in loaded] + list(key_pass.pair_values + key_pass.contractions))
+        moved += (_inputs_among(ir, key_values) + len(loaded & set(key_values))) * token_array
         passes += 1
     # every value is computed at least once
     flops = sum(max(times[n], 1) * node_flops(ir, n, seq_len, head_dim) for n in ir.order())

@@ -74,22 +74,55 @@ def test_a_graph_is_scheduled_once_per_compile(monkeypatch):
 
 def test_buffers_are_sized_from_the_plan():
     """Standard attention: one softmax (lse, 3 row terms of delta), one contraction
-    (saved value and its cotangent), no [d,d] state, no column statistics."""
+    (saved value and its cotangent), no [d,d] state, no column statistics, no key rows."""
     (module,) = compile_graph(lower(parse_genome({"expr": STANDARD}))).modules
     abi = module.abi
     b, h, n, d = 2, 3, 37, 24
     assert abi.buffer("lse_ptr").role == Role.SAVED and abi.buffer("lse_ptr").numel(b * h, n, d) == b * h * n
     assert abi.buffer("saved_ptr").numel(b * h, n, d) == b * h * n * d
     assert abi.buffer("delta_ptr").numel(b * h, n, d) == 3 * b * h * n
-    assert abi.buffer("dq_ptr").zeroed and abi.buffer("dq_ptr").element == Element.FP32
-    assert abi.buffer("mask_ptr").element == Element.INT8 and abi.buffer("mask_ptr").role == Role.GIVEN
-    assert "global_ptr" not in [x.name for x in abi.buffers]  # no reduction kernel
+    # dq, dk, dv each from one kernel: written whole in the inputs' dtype, not accumulated
+    assert not abi.buffer("dq_ptr").zeroed and abi.buffer("dq_ptr").element == Element.INPUT
+    assert abi.buffer("dcontraction_ptr").element == Element.INPUT  # only products read it
+    assert abi.buffer("mask_ptr").element == Element.FP32 and abi.buffer("mask_ptr").role == Role.GIVEN  # the key bias
+    assert "global_ptr" not in [x.name for x in abi.buffers] and "key_rows_ptr" not in [x.name for x in abi.buffers]
     grids = {k.name: k.grid for k in abi.kernels}
     assert grids == {"attention_fwd": Grid.QUERY_BLOCKS, "attention_bwd_prepare": Grid.QUERY_BLOCKS,
                      "attention_bwd_keys": Grid.KEY_BLOCKS, "attention_bwd_queries": Grid.QUERY_BLOCKS}
     signature = abi.signature(abi.kernels[0], "bf16")
-    assert signature["q_ptr"] == "*bf16" and signature["lse_ptr"] == "*fp32" and signature["mask_ptr"] == "*i8"
+    assert signature["q_ptr"] == "*bf16" and signature["lse_ptr"] == "*fp32" and signature["mask_ptr"] == "*fp32"
     assert signature["seq_len"] == "i32" and signature["HEAD_DIM"] == "constexpr"
+
+
+def test_a_gradient_two_kernels_write_is_fp32():
+    """q is read as queries and as keys: the key-block kernel stores its share of dq (fp32),
+    the query-block kernel adds its own; k and v, from one kernel each, in the inputs' dtype."""
+    (module,) = compile_graph(lower(parse_genome({"expr": "matmul(softmax(scale(matmul(q, transpose(q)))), v)"}))).modules
+    writers = {p: [k.name for k in module.abi.backward_kernels if p in k.params] for p in ("dq_ptr", "dv_ptr")}
+    assert writers == {"dq_ptr": ["attention_bwd_keys", "attention_bwd_queries"], "dv_ptr": ["attention_bwd_keys"]}
+    assert module.abi.buffer("dq_ptr").element == Element.FP32 and module.abi.buffer("dv_ptr").element == Element.INPUT
+    keys, queries = (k for k in module.abi.backward_kernels if k.name in writers["dq_ptr"])
+    source = module.source
+    keys_text = source[source.index(f"def {keys.name}("):source.index(f"def {queries.name}(")]
+    queries_text = source[source.index(f"def {queries.name}("):]
+    assert "tl.store(dq_ptr + head_offset" in keys_text and "tl.load(dq_ptr" not in keys_text  # the first writer stores
+    assert "tl.load(dq_ptr" in queries_text  # the second adds
+
+
+def test_key_side_values_are_computed_once_per_token():
+    """A key-side transform that only products read (the paper's layer 1: logsigmoid of -k as
+    keys) is written by the key-rows kernel, and the passes over keys read it."""
+    expr = "matmul(softmax(scale(matmul(q,neg(transpose(logsigmoid(neg(k))))))),add(q,k))"
+    (module,) = compile_graph(lower(parse_genome({"expr": expr}))).modules
+    assert [k.name for k in module.abi.forward_kernels] == ["key_rows", "attention_fwd"]
+    key_rows = module.abi.buffer("key_rows_ptr")
+    assert key_rows.role == Role.STATE and key_rows.element == Element.INPUT and key_rows.count == 2
+    source = module.source
+    forward = source[source.index("def attention_fwd("):source.index("def attention_bwd_prepare(")]
+    assert "logsigmoid" not in forward and "_softplus" not in forward and "tl.load(key_rows_ptr" in forward
+    # the backward reads them in its query-block loop and goes back through them per token block
+    assert [k.name for k in module.abi.backward_kernels] == [
+        "attention_bwd_prepare", "attention_bwd_keys", "attention_bwd_key_rows", "attention_bwd_queries"]
 
 
 def test_the_cache_entry_carries_the_abi_that_launch_reads(tmp_path):

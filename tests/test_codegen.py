@@ -110,10 +110,28 @@ def test_global_values_reach_scores_and_values(expr, cache):
     check_against_reference(compiled, cache, shape=(2, 2, 37, 24), seed=7)
 
 
-@pytest.mark.parametrize("seq_len", [1, 16, 33])
-def test_sequence_lengths_at_block_edges(seq_len, cache):
-    compiled = lower(parse_genome({"expr": "matmul(softmax(neg(euc(q, k))), v)"}))
-    check_against_reference(compiled, cache, shape=(2, 1, seq_len, 16), seed=seq_len)
+@pytest.mark.parametrize("seq_len", [1, 16, 33, 64])
+@pytest.mark.parametrize("expr", ["matmul(softmax(neg(euc(q, k))), v)", "matmul(sigmoid(scale(matmul(q, transpose(k)))), v)"])
+def test_sequence_lengths_at_block_edges(expr, seq_len, cache):
+    """A pass over keys runs over its whole blocks unmasked, then over the blocks at the end
+    of the sequence (interpreter tiles: 32): none (64), some (33), or only those (1, 16); with
+    and without padding masks, through a softmax (masked by its scores) and without one."""
+    compiled = lower(parse_genome({"expr": expr}))
+    for mask in (True, False):
+        check_against_reference(compiled, cache, shape=(2, 1, seq_len, 16), mask=mask, seed=seq_len)
+
+
+def test_a_reduction_over_tokens_is_shared_out_over_programs(cache):
+    """Linear attention's [d,d] state: the tokens of each head are shared out over programs
+    (abi.reduction_splits), each adding its share to the state; three shares here."""
+    from genomec.codegen.abi import Grid, reduction_splits
+
+    compiled = lower(parse_genome({"expr": "matmul(sigmoid(q), scale(matmul(transpose(sigmoid(k)), v)))"}))
+    module = check_against_reference(compiled, cache, shape=(1, 2, 600, 16), seed=11)
+    reduce_tokens = module.abi.forward_kernels[0]
+    assert reduce_tokens.name == "reduce_tokens" and reduce_tokens.grid == Grid.TOKEN_SPLITS
+    assert module.abi.buffer("global_ptr").zeroed and reduction_splits(2, 600) == 3
+    assert reduction_splits(64, 4096) == 8 and reduction_splits(1, 100) == 1 and reduction_splits(512, 16384) == 1
 
 
 def test_non_contiguous_inputs(cache):
@@ -203,14 +221,20 @@ def test_random_registry_graphs_run_fused_or_fall_back(genome, seed, tmp_path_fa
 
 # -- which helpers a module carries ---------------------------------------------------------
 
+# a pass over key blocks: whole blocks take a padding mask as a key bias (_key_bias), and
+# mask only under HAS_MASK (_kept); a softmax over keys adds the bias to its scores (_biased)
+WHOLE_BLOCKS = {"_real_tokens", "_dot", "_key_bias", "_kept"}
+
 
 @pytest.mark.parametrize(
     "expr,helpers",
     [
-        ("matmul(softmax(scale(matmul(q, transpose(k)))), v)", {"_real_tokens", "_dot"}),
-        ("matmul(softmax(cos(q, k)), v)", {"_real_tokens", "_dot", "_cosine_scores", "_cosine_scores_vjp"}),
-        ("matmul(softmax(neg(euc(q, k))), v)", {"_real_tokens", "_dot", "_euclidean_scores", "_euclidean_scores_vjp"}),
+        ("matmul(softmax(scale(matmul(q, transpose(k)))), v)", WHOLE_BLOCKS | {"_biased"}),
+        ("matmul(softmax(cos(q, k)), v)", WHOLE_BLOCKS | {"_biased", "_unit_rows", "_cosine_scores", "_cosine_scores_vjp"}),
+        ("matmul(softmax(neg(euc(q, k))), v)", WHOLE_BLOCKS | {"_biased", "_euclidean_scores", "_euclidean_weights"}),
         ("matmul(q, matmul(transpose(softmax(k)), v))", {"_real_tokens", "_dot", "_softmax_over_head_dim", "_softmax_over_head_dim_vjp"}),
+        ("matmul(logsigmoid(matmul(q, transpose(k))), v)",
+         WHOLE_BLOCKS | {"_softplus_of_minus_abs", "_exp2_approx", "_log2_approx", "_log1p"}),
     ],
 )
 def test_a_module_carries_only_the_helpers_it_calls(expr, helpers):
@@ -219,8 +243,9 @@ def test_a_module_carries_only_the_helpers_it_calls(expr, helpers):
     source = generate(lower(parse_genome({"expr": expr}))).source
     defined = set(re.findall(r"^def (_\w+)\(", source, re.M))
     assert defined == helpers
-    for name in re.findall(r"^([A-Z_]+) = tl\.constexpr", source, re.M):  # every constant kept is read
+    for name in re.findall(r"^([A-Z_][A-Z0-9_]*) = tl\.constexpr", source, re.M):  # every constant kept is read
         assert source.count(name) > 1, name
+
 
 
 # -- golden source -----------------------------------------------------------------------

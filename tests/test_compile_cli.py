@@ -30,9 +30,9 @@ def test_compile_paper_model_writes_modules_and_manifest(tmp_path, capsys):
     graphs = manifest["graphs"]
     assert len(graphs) == 5  # six attention layers, layers 5 and 7 share one graph
     assert sorted(i for g in graphs for i in g["layers"]) == [1, 3, 5, 7, 9, 11]
-    for g in graphs:
+    for g in graphs:  # every layer's keys are a transform of k (and v): computed once per token, and back through once
         assert g["fused"] and g["stages"] and [k["name"] for k in g["kernels"]] == [
-            "attention_fwd", "attention_bwd_prepare", "attention_bwd_keys", "attention_bwd_queries"]
+            "key_rows", "attention_fwd", "attention_bwd_prepare", "attention_bwd_keys", "attention_bwd_key_rows", "attention_bwd_queries"]
         source = (tmp_path / "out" / g["module"]).read_text()
         assert f"genome hash: {g['hash']}" in source
     assert manifest["coverage"] == {"fused": 5, "backward_fused": 5, "graphs": 5}
@@ -45,7 +45,9 @@ def test_compile_with_arch_reports_kernel_resources(tmp_path):
     assert manifest["arch"] == "sm_90" and manifest["head_dim"] == 64
     for g in manifest["graphs"]:
         for k in g["kernels"]:
-            assert k["spills"] == 0 and k["registers"] > 0 and k["shared_bytes"] > 0
+            assert k["spills"] == 0 and k["registers"] > 0 and k["shared_bytes"] >= 0
+            # kernels with tensor-core products stage their operands in shared memory (the key-rows ones have none)
+            assert k["shared_bytes"] > 0 or k["name"] in ("key_rows", "attention_bwd_key_rows"), k
 
 
 def test_compile_says_when_a_graph_falls_back(tmp_path, capsys):

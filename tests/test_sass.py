@@ -115,7 +115,8 @@ def test_kernel_report_normalises_per_score_element():
     # issued: 2 HGMMA 64x64x16 per warpgroup (one warpgroup); the loop's dots: 64*64*64 + 16*16*64
     assert loop["mma_work_ratio"] == round(2 * 64 * 64 * 16 / (64 * 64 * 64 + 16 * 16 * 64), 3)
     assert loop["unroll"] == 1  # no TTGIR loop's work divides the SASS loop's
-    assert sass.kernel_report("", "", 64, 64, 4) == {"main_loop": None, "mma_loops": 0}
+    assert sass.kernel_report("", "", 64, 64, 4) == {"main_loop": None, "mma_loops": 0, "wgmma_anywhere": 0, "mma_sync_anywhere": 0}
+    assert (report["wgmma_anywhere"], report["mma_sync_anywhere"]) == (2, 1)  # .L_x_2's mma.sync is in no main loop, but it is there
 
 
 def test_unroll_factor():
@@ -146,6 +147,51 @@ def test_an_unrolled_loop_counts_per_iteration():
     assert loop["instructions"] == 4.5 and loop["mufu"] == {"EX2": 1} and loop["wgmma"] == {"64x64x16.F32.BF16": 1}
     assert loop["loads"] == {"LDS.128": 0.5, "LDG.U16": 0.5}
     assert loop["mma_work_ratio"] == 1 and loop["score_duplication"] == 1
+
+
+# A pass of the generated kernels: a pipelined loop over the whole blocks, then an unpipelined
+# one (`tt.num_stages = 1`) over the few blocks a mask cuts, with the same dots; the second
+# runs once or twice per program.
+TWO_LOOPS = """\
+#mma = #ttg.nvidia_mma<{versionMajor = 3, versionMinor = 0, warpsPerCTA = [4, 1], instrShape = [16, 64, 16]}>
+module attributes {"ttg.num-warps" = 4 : i32} {
+  tt.func public @kernel() attributes {noinline = false} {
+    %a = scf.for %i = %c0 to %n step %c64 iter_args(%x = %cst) -> (tensor<64x64xf32, #mma>)  : i32 {
+      %t = ttng.warp_group_dot %a, %b, %x : !ttg.memdesc<64x32xbf16, #shared, #smem> * !ttg.memdesc<32x64xbf16, #shared1, #smem> -> tensor<64x64xf32, #mma>
+      scf.yield %t : tensor<64x64xf32, #mma>
+    }
+    %b = scf.for %i = %n to %m step %c64 iter_args(%x = %a) -> (tensor<64x64xf32, #mma>)  : i32 {
+      %t = ttng.warp_group_dot %a, %b, %x : !ttg.memdesc<64x32xbf16, #shared, #smem> * !ttg.memdesc<32x64xbf16, #shared1, #smem> -> tensor<64x64xf32, #mma>
+      scf.yield %t : tensor<64x64xf32, #mma>
+    } {tt.num_stages = 1 : i32}
+    tt.return
+  }
+}
+"""
+TWO_LOOPS_LISTING = """\
+kernel:
+.L_x_0:
+        /*0000*/                   HGMMA.64x64x16.F32.BF16 R24, gdesc[UR8], RZ, !UPT ;
+        /*0010*/                   HGMMA.64x64x16.F32.BF16 R24, gdesc[UR12], R24, gsb0 ;
+        /*0020*/                   MUFU.EX2 R5, R6 ;
+        /*0030*/               @P0 BRA `(.L_x_0) ;
+.L_x_1:
+        /*0040*/                   HGMMA.64x64x16.F32.BF16 R24, gdesc[UR8], RZ, !UPT ;
+        /*0050*/                   HGMMA.64x64x16.F32.BF16 R24, gdesc[UR12], R24, gsb0 ;
+        /*0060*/                   FSEL R7, R7, -INF, P1 ;
+        /*0070*/                   FSEL R8, R8, -INF, P1 ;
+        /*0080*/                   MUFU.EX2 R5, R6 ;
+        /*0090*/               @P1 BRA `(.L_x_1) ;
+        /*00a0*/                   EXIT ;
+"""
+
+
+def test_unpipelined_loops_count_in_neither_figure():
+    assert sass.ttgir_loops(TWO_LOOPS) == [(sass.ttgir_loop_dots(TWO_LOOPS)[0], False), (sass.ttgir_loop_dots(TWO_LOOPS)[1], True)]
+    report = sass.kernel_report(TWO_LOOPS_LISTING, TWO_LOOPS, block_m=64, block_n=64, num_warps=4)
+    assert report["mma_loops"] == 1 and report["main_loop"]["instructions"] == 4  # the first loop's, not the masked one's 6
+    assert report["instructions_per_element_all_loops"] == report["main_loop"]["instructions_per_element"]
+    assert report["wgmma_anywhere"] == 4 and report["mma_sync_anywhere"] == 0
 
 
 # The reference's forward compiled for sm_90 in a process that compiles (this one may

@@ -14,7 +14,7 @@ from genomec.codegen.backward import BackwardKind
 from genomec.codegen.schedule import KernelRole, NodeKind, PassKind
 from genomec.codegen.stages import plan_stages
 from genomec.genome import attention_graphs, load_genome, parse_genome
-from genomec.genome.ops import OPS, OpKind
+from genomec.genome.ops import OPS, OpKind, ScoreVJP
 from genomec.ir import lower
 
 
@@ -97,8 +97,9 @@ def test_linear_ops_after_softmax_stay_online():
 @pytest.mark.parametrize("path", zoo_files(), ids=lambda p: p.stem)
 def test_generated_kernels_store_no_pair_values(path):
     """[N,N] values live in registers: the only stores are the output, the [d,d] global
-    values, the column statistics, and for the backward [N]- and [N,d]-sized buffers
-    (log-sum-exp, contraction values and their cotangents, softmax row terms, gradients)."""
+    values, the column statistics, the key rows the forward computes once, and for the
+    backward [N]- and [N,d]-sized buffers (log-sum-exp, contraction values and their
+    cotangents, softmax row terms, key-side cotangents, gradients)."""
     for graph in attention_graphs(load_genome(path)):
         for stage in plan_stages(lower(graph)).stages:
             _assert_stores_no_pair_values(generate(stage.compiled).source)
@@ -106,9 +107,11 @@ def test_generated_kernels_store_no_pair_values(path):
 
 def _assert_stores_no_pair_values(source):
     stored = set(re.findall(r"tl\.store\((\w+)", source))
-    backward = {"lse_ptr", "saved_ptr", "dcontraction_ptr", "delta_ptr", "dcolumn_ptr", "column_delta_ptr", "dglobal_ptr", "dq_ptr", "dk_ptr", "dv_ptr"}
-    assert stored <= {"out_ptr", "global_ptr", "stats_ptr"} | backward, stored
-    assert "_ij" not in "".join(re.findall(r"tl\.store\([^\n]*", source))
+    backward = {"lse_ptr", "saved_ptr", "dcontraction_ptr", "delta_ptr", "dkey_rows_ptr", "dcolumn_ptr", "column_delta_ptr", "dglobal_ptr",
+                "dq_ptr", "dk_ptr", "dv_ptr"}
+    assert stored <= {"out_ptr", "global_ptr", "stats_ptr", "key_rows_ptr"} | backward, stored
+    stores = "".join(re.findall(r"tl\.store\([^\n]*", source))
+    assert "_ij" not in stores and "_ji" not in stores
 
 
 def test_zero_preserving_ops_map_zero_to_zero():
@@ -126,8 +129,10 @@ def test_elementwise_and_score_ops_have_triton_spellings():
         spelled = op.kind in (OpKind.ELEMENTWISE, OpKind.SCORE)
         assert (op.triton is not None) == spelled, name
         assert (op.triton_vjp is not None) == spelled, name
-        if spelled:
+        if op.kind is OpKind.ELEMENTWISE:
             assert len(op.triton_vjp) == op.arity, name
+        if op.kind is OpKind.SCORE:  # one rule for the side whose rows the pair tile's are: both sides, as the op is symmetric
+            assert isinstance(op.triton_vjp, ScoreVJP) and op.swap_transposes, name
 
 
 def _defined(sources) -> set[str]:
